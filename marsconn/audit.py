@@ -1,0 +1,236 @@
+"""Structured audit events: one typed record per decision or attempt.
+
+Every event is a frozen dataclass with a stable ``EVENT`` name and stable
+field names (documented in docs/audit.md), emitted through structlog. The
+library never configures logging: events go to ``structlog.get_logger("marsconn")``
+(or a logger the caller passes), so an application's structlog configuration
+decides where they end up. :func:`configure` is a convenience for
+applications and the CLI that have no configuration of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TextIO
+
+import structlog
+
+__all__ = [
+    "EVENTS",
+    "AttemptFailed",
+    "AttemptStarted",
+    "AttemptSucceeded",
+    "AuditEvent",
+    "AuditLogger",
+    "Failover",
+    "JobFinished",
+    "ModeFallback",
+    "PlanResolved",
+    "ServerEjected",
+    "ServerRestored",
+    "configure",
+    "emit",
+    "get_logger",
+]
+
+
+class AuditLogger(Protocol):
+    """Anything with structlog's ``info``/``warning`` calling convention."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+
+    def warning(self, event: str, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """Base of all audit records."""
+
+    EVENT: ClassVar[str] = ""
+    LEVEL: ClassVar[str] = "info"
+
+    def fields(self) -> dict[str, Any]:
+        """The record's fields, as emitted."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResolved(AuditEvent):
+    """A ConnectionPlan was resolved."""
+
+    EVENT: ClassVar[str] = "marsconn.plan.resolved"
+    mode: str
+    requested_mode: str
+    reason: str
+    server_version: str | None
+    required_version: str
+    endpoint_count: int
+    fingerprint: str
+    sources: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ModeFallback(AuditEvent):
+    """WebSocket mode was asked for but not granted: pipe mode is used."""
+
+    EVENT: ClassVar[str] = "marsconn.mode.fallback"
+    LEVEL: ClassVar[str] = "warning"
+    requested_mode: str
+    mode: str
+    reason: str
+    detail: str
+    remedy: str
+    server_version: str | None
+    required_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted(AuditEvent):
+    """One attempt at running the job on one server begins."""
+
+    EVENT: ClassVar[str] = "marsconn.attempt.started"
+    request_id: str
+    mode: str
+    server: str
+    attempt: int
+    pass_number: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFailed(AuditEvent):
+    """An attempt failed; ``action`` says what happens next."""
+
+    EVENT: ClassVar[str] = "marsconn.attempt.failed"
+    LEVEL: ClassVar[str] = "warning"
+    request_id: str
+    mode: str
+    server: str
+    attempt: int
+    pass_number: int
+    error_class: str
+    error: str
+    action: str  # "next_server", "same_server" or "final"
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSucceeded(AuditEvent):
+    """An attempt ran the job to completion."""
+
+    EVENT: ClassVar[str] = "marsconn.attempt.succeeded"
+    request_id: str
+    mode: str
+    server: str
+    attempt: int
+    pass_number: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failover(AuditEvent):
+    """The executor moves on from one server to the next."""
+
+    EVENT: ClassVar[str] = "marsconn.failover"
+    LEVEL: ClassVar[str] = "warning"
+    request_id: str
+    mode: str
+    from_server: str
+    to_server: str | None
+    error_class: str
+    sleep: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEjected(AuditEvent):
+    """A server refused or timed out; it is tried last for ``cooldown`` seconds."""
+
+    EVENT: ClassVar[str] = "marsconn.server.ejected"
+    LEVEL: ClassVar[str] = "warning"
+    server: str
+    error_class: str
+    cooldown: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRestored(AuditEvent):
+    """An ejected server answered again and is back in its normal place."""
+
+    EVENT: ClassVar[str] = "marsconn.server.restored"
+    server: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished(AuditEvent):
+    """A retrieval ended, successfully or not."""
+
+    EVENT: ClassVar[str] = "marsconn.job.finished"
+    request_id: str
+    mode: str
+    ok: bool
+    error_class: str | None
+    server: str | None
+    attempts: int
+    duration: float
+    bytes: int
+
+
+#: Every event type, keyed by its EVENT name.
+EVENTS: dict[str, type[AuditEvent]] = {
+    cls.EVENT: cls
+    for cls in (
+        PlanResolved,
+        ModeFallback,
+        AttemptStarted,
+        AttemptFailed,
+        AttemptSucceeded,
+        Failover,
+        ServerEjected,
+        ServerRestored,
+        JobFinished,
+    )
+}
+
+
+def get_logger() -> Any:
+    """marsconn's audit logger: ``structlog.get_logger("marsconn")``."""
+    return structlog.get_logger("marsconn")
+
+
+def emit(record: AuditEvent, logger: AuditLogger | None = None) -> None:
+    """Send ``record`` to ``logger`` (default: :func:`get_logger`)."""
+    target = logger if logger is not None else get_logger()
+    method: Callable[..., Any] = getattr(target, record.LEVEL)
+    method(record.EVENT, **record.fields())
+
+
+def configure(
+    *, json: bool = False, stream: TextIO | None = None, level: str = "info"
+) -> None:
+    """Configure structlog globally for an application that has no setup of its own.
+
+    Events are written one per line to ``stream`` (default stderr), as JSON
+    when ``json`` is true, else as readable key=value lines. Libraries must
+    not call this; it exists for applications and the ``marsconn`` command.
+    """
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

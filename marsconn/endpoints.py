@@ -1,0 +1,161 @@
+"""Server URLs: parsing, redaction and pipe -> WebSocket translation.
+
+Everything here is pure: no I/O, no settings lookups. A URL is parsed once
+into a :class:`ServerURL`; translation returns a new value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from .provenance import Provenance
+
+__all__ = [
+    "PIPE_SCHEMES",
+    "WS_SCHEMES",
+    "Endpoint",
+    "ServerURL",
+    "URLError",
+    "parse_server_url",
+    "to_websocket",
+]
+
+PIPE_SCHEMES = frozenset({"http", "https"})
+WS_SCHEMES = frozenset({"ws", "wss"})
+_WS_FOR = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+_DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+ACCEPTED_URL = "http(s)://host[:port][/path], ws(s)://host[:port][/path], host or host:port"
+
+
+class URLError(ValueError):
+    """A server URL that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerURL:
+    """A parsed server URL.
+
+    ``host`` is stored without IPv6 brackets; ``port`` is None when the URL
+    names none; ``path`` keeps any query string. ``userinfo`` is kept so that
+    a connection can use it, but :meth:`display` never shows it.
+    """
+
+    scheme: str
+    host: str
+    port: int | None = None
+    path: str = ""
+    userinfo: str | None = None
+
+    @property
+    def netloc_host(self) -> str:
+        """The host as written in a URL: IPv6 literals in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def _render(self, userinfo: str | None) -> str:
+        auth = f"{userinfo}@" if userinfo is not None else ""
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.scheme}://{auth}{self.netloc_host}{port}{self.path}"
+
+    def secret(self) -> str:
+        """The full URL, credentials included, for making the connection."""
+        return self._render(self.userinfo)
+
+    def display(self) -> str:
+        """The URL for people and logs: credentials replaced by ``***``."""
+        return self._render("***" if self.userinfo is not None else None)
+
+    @property
+    def effective_port(self) -> int:
+        """The port a connection goes to (the scheme's default when none is named)."""
+        return self.port if self.port is not None else _DEFAULT_PORT[self.scheme]
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the scheme is https or wss."""
+        return self.scheme in ("https", "wss")
+
+    def __str__(self) -> str:
+        return self.display()
+
+    def __repr__(self) -> str:
+        return f"ServerURL({self.display()!r})"
+
+
+def parse_server_url(text: str) -> ServerURL:
+    """Parse one server URL as written in a list file, env var or config.
+
+    Surrounding whitespace is ignored; the scheme is case-insensitive; a bare
+    ``host`` or ``host:port`` (including ``[v6]:port``) means http. Raises
+    :class:`URLError` with the reason for anything else.
+    """
+    raw = text.strip()
+    if not raw:
+        raise URLError("empty server URL")
+    if any(ch.isspace() for ch in raw):
+        raise URLError("server URL contains white space")
+    if not _HAS_SCHEME.match(raw):
+        raw = "http://" + raw
+    try:
+        parts = urlsplit(raw)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise URLError(f"not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _WS_FOR:
+        raise URLError(f"unsupported scheme {parts.scheme!r}")
+    host = parts.hostname
+    if not host:
+        raise URLError("no host name")
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = parts.netloc.rpartition(":")[2]
+        raise URLError(f"invalid port {port_text!r} (must be a number from 1 to 65535)") from None
+    if port == 0:
+        raise URLError("invalid port '0' (must be a number from 1 to 65535)")
+    if parts.fragment:
+        raise URLError("a server URL cannot have a #fragment")
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    # .hostname is already lower-cased: DNS names are case-insensitive, which
+    # keeps duplicate detection and fingerprints stable.
+    return ServerURL(scheme, host, port, path, userinfo)
+
+
+def to_websocket(url: ServerURL, *, pipe_port: int, shares_port: int) -> ServerURL:
+    """Translate a pipe-server URL into the WebSocket server's URL.
+
+    http -> ws and https -> wss (ws/wss are kept); a port equal to the pipe
+    port, or no port, becomes the shares port; other ports, the path and
+    credentials are kept. Idempotent for ws URLs: they come back unchanged.
+    """
+    if url.scheme in WS_SCHEMES:
+        return url
+    port = shares_port if url.port is None or url.port == pipe_port else url.port
+    return replace(url, scheme=_WS_FOR[url.scheme], port=port)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One server of a plan: its URL and where the plan got it.
+
+    ``derived_from`` holds the pipe URL a WebSocket URL was translated from.
+    """
+
+    url: ServerURL
+    provenance: Provenance
+    derived_from: ServerURL | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; URLs redacted."""
+        out: dict[str, Any] = {
+            "url": self.url.display(),
+            "source": self.provenance.to_dict(),
+            "source_text": self.provenance.describe(),
+        }
+        if self.derived_from is not None:
+            out["derived_from"] = self.derived_from.display()
+        return out

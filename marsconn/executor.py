@@ -1,0 +1,406 @@
+"""Run a retrieval through a ConnectionPlan: one failover engine, two transports.
+
+The engine walks the plan's endpoints in the policy's order (healthy servers
+first), asks the transport for one attempt at a time and acts on the
+transport's classification: success, next server, same server, or final.
+It never sleeps between two servers of one pass, only between passes, and
+never runs a job again that MARS rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import audit
+from .endpoints import Endpoint
+from .errors import JobKilledError, NoServerAvailableError, PreflightError
+from .health import ServerHealth, default_health
+from .logs import LineLogger, LogHandler, LogSink
+from .plan import ConnectionPlan, Mode
+from .result import Action, Attempt, Outcome, Result
+
+__all__ = ["REQUIRED_ENVIRON", "Attempt", "Job", "JobContext", "Result", "execute", "execute_async"]
+
+#: Keys the servers require in ``environ``.
+REQUIRED_ENVIRON = ("request_id", "user_id", "namespace", "host", "username")
+
+
+class Job:
+    """The running job, as handed to a log handler.
+
+    ``kill()`` asks the server to stop the job; the transport sends the kill
+    as soon as the handler returns, and the retrieval ends with a
+    :class:`~marsconn.errors.JobKilledError`.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.server: str | None = None
+        self.job_id: str | None = None
+        self.kill_requested = False
+
+    def kill(self) -> None:
+        """Ask the server to stop this job."""
+        self.kill_requested = True
+
+    def __repr__(self) -> str:
+        return f"Job(request_id={self.request_id!r}, server={self.server!r}, id={self.job_id!r})"
+
+
+@dataclass(slots=True)
+class JobContext:
+    """Everything a transport needs for one retrieval."""
+
+    plan: ConnectionPlan
+    requests: list[dict[str, Any]]
+    environ: dict[str, Any]
+    target: Path
+    sink: LogSink
+    job: Job
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class Transport(Protocol):
+    """One wire protocol: makes one attempt on one server and classifies it."""
+
+    async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
+        """Run the job on ``endpoint``; never raise for a server's failure, classify it.
+
+        Cancellation must be honoured: stop the server's job, close, re-raise.
+        """
+        ...
+
+    async def cleanup(self, ctx: JobContext, success: bool) -> None:
+        """Called once when the retrieval ends (also on cancellation): drop leftovers."""
+        ...
+
+
+def _transport_for(mode: Mode) -> Transport:
+    if mode is Mode.WEBSOCKET:
+        from .transport_ws import WebSocketTransport
+
+        return WebSocketTransport()
+    from .transport_pipe import PipeTransport
+
+    return PipeTransport()
+
+
+def _normalise(
+    requests: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    environ: Mapping[str, Any],
+    target: str | os.PathLike[str],
+) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
+    if isinstance(requests, Mapping):
+        reqs = [dict(requests)]
+    else:
+        reqs = [dict(r) for r in requests]
+        if not reqs:
+            raise PreflightError("requests is an empty list; give a request dict or a list of them")
+        bad = [i for i, r in enumerate(requests) if not isinstance(r, Mapping)]
+        if bad:
+            raise PreflightError(f"requests[{bad[0]}] is not a dict (MARS requests are dicts)")
+    missing = [k for k in REQUIRED_ENVIRON if not environ.get(k)]
+    if missing:
+        raise PreflightError(
+            f"environ lacks {', '.join(missing)}; the servers need all of "
+            f"{', '.join(REQUIRED_ENVIRON)} (username is usually namespace:<last part of user_id>)"
+        )
+    path = Path(target)
+    if not path.is_absolute():
+        raise PreflightError(f"target {str(path)!r} is not an absolute path")
+    if not path.parent.is_dir():
+        raise PreflightError(
+            f"target directory {str(path.parent)!r} does not exist; create it first "
+            "(in WebSocket mode it must also exist on the servers' shared filesystem)"
+        )
+    return reqs, dict(environ), path
+
+
+async def _run_engine(
+    plan: ConnectionPlan,
+    transport: Transport,
+    ctx: JobContext,
+    health: ServerHealth,
+    audit_logger: audit.AuditLogger | None,
+) -> tuple[Outcome | None, str | None, list[Attempt]]:
+    policy = plan.policy
+    request_id = str(ctx.environ["request_id"])
+    attempts: list[Attempt] = []
+    last: Outcome | None = None
+    order = policy.ordered(plan.endpoints, request_id, ctx.rng)
+    for pass_index in range(policy.max_passes):
+        walk = health.reorder(order, key=lambda e: e.url.secret())
+        for position, endpoint in enumerate(walk):
+            server = endpoint.url.display()
+            same_host = 0
+            while True:
+                audit.emit(
+                    audit.AttemptStarted(
+                        request_id, plan.mode.value, server, len(attempts) + 1, pass_index + 1
+                    ),
+                    audit_logger,
+                )
+                ctx.job.server = server
+                started = time.perf_counter()
+                outcome = await transport.attempt(endpoint, ctx)
+                duration = time.perf_counter() - started
+                last = outcome
+                attempts.append(
+                    Attempt(
+                        server,
+                        outcome.action.value,
+                        outcome.error_class,
+                        None if outcome.error is None else str(outcome.error),
+                        duration,
+                        pass_index + 1,
+                        outcome.job_id,
+                    )
+                )
+                if outcome.action is Action.SUCCESS:
+                    if health.restore(endpoint.url.secret()):
+                        audit.emit(audit.ServerRestored(server), audit_logger)
+                    audit.emit(
+                        audit.AttemptSucceeded(
+                            request_id,
+                            plan.mode.value,
+                            server,
+                            len(attempts),
+                            pass_index + 1,
+                            duration,
+                        ),
+                        audit_logger,
+                    )
+                    return outcome, server, attempts
+                retry_here = (
+                    outcome.action is Action.SAME_SERVER and same_host < policy.same_host_retries
+                )
+                action = (
+                    Action.SAME_SERVER
+                    if retry_here
+                    else (Action.FINAL if outcome.action is Action.FINAL else Action.NEXT_SERVER)
+                )
+                audit.emit(
+                    audit.AttemptFailed(
+                        request_id,
+                        plan.mode.value,
+                        server,
+                        len(attempts),
+                        pass_index + 1,
+                        outcome.error_class or "unknown",
+                        str(outcome.error),
+                        action.value,
+                        duration,
+                    ),
+                    audit_logger,
+                )
+                if outcome.eject and health.eject(endpoint.url.secret(), policy.eject_cooldown):
+                    audit.emit(
+                        audit.ServerEjected(
+                            server, outcome.error_class or "unknown", policy.eject_cooldown
+                        ),
+                        audit_logger,
+                    )
+                if outcome.action is Action.FINAL:
+                    return outcome, None, attempts
+                if not retry_here:
+                    break
+                same_host += 1
+                await asyncio.sleep(policy.backoff(same_host - 1, ctx.rng))
+            last_of_pass = position == len(walk) - 1
+            final_pass = pass_index == policy.max_passes - 1
+            if last_of_pass and final_pass:
+                break
+            sleep = policy.backoff(pass_index, ctx.rng) if last_of_pass else 0.0
+            nxt = walk[position + 1].url.display() if not last_of_pass else walk[0].url.display()
+            audit.emit(
+                audit.Failover(
+                    request_id,
+                    plan.mode.value,
+                    server,
+                    nxt,
+                    last.error_class or "unknown",
+                    sleep,
+                ),
+                audit_logger,
+            )
+            if sleep:
+                await asyncio.sleep(sleep)
+    return last, None, attempts
+
+
+async def execute_async(
+    plan: ConnectionPlan,
+    requests: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    environ: Mapping[str, Any],
+    target: str | os.PathLike[str],
+    *,
+    log_handler: LogHandler | None = None,
+    logger: LineLogger | None = None,
+    audit_logger: audit.AuditLogger | None = None,
+    health: ServerHealth | None = None,
+    rng: random.Random | None = None,
+) -> Result:
+    """Run a retrieval through ``plan`` and return its :class:`Result`.
+
+    ``requests`` is a MARS request dict or a list of them; ``environ`` must
+    hold ``request_id``, ``user_id``, ``namespace``, ``host`` and
+    ``username``; ``target`` is the absolute path of the output file.
+    ``log_handler(line, job, logger)`` (sync or async) returns the line to
+    show or None, may call ``job.kill()``, and aborts the job by raising.
+    ``logger`` receives shown lines (stdlib, structlog or adaptor context).
+
+    Inputs that cannot work raise :class:`~marsconn.errors.PreflightError`
+    before any connection. Server and MARS failures do not raise: they are
+    in ``Result.error``. Cancellation stops the job on the server and
+    re-raises.
+    """
+    reqs, env, path = _normalise(requests, environ, target)
+    started = time.perf_counter()
+    job = Job(str(env["request_id"]))
+    sink = LogSink(plan.logs, log_handler, logger, job)
+    ctx = JobContext(plan, reqs, env, path, sink, job, rng or random.Random())
+    transport = _transport_for(plan.mode)
+    registry = health if health is not None else default_health()
+    deadline = plan.timeouts.job_deadline
+    succeeded = False
+    try:
+        async with asyncio.timeout(deadline):
+            outcome, server, attempts = await _run_engine(
+                plan, transport, ctx, registry, audit_logger
+            )
+        succeeded = outcome is not None and outcome.action is Action.SUCCESS
+    except TimeoutError:
+        outcome = Outcome.failed(
+            Action.FINAL,
+            "job_deadline",
+            JobKilledError(f"job deadline of {deadline:g}s exceeded; the job was stopped"),
+        )
+        server, attempts = None, []
+    finally:
+        await asyncio.shield(transport.cleanup(ctx, succeeded))
+    sink.close()
+    error: BaseException | None
+    if outcome is not None and outcome.action is Action.SUCCESS:
+        error = None
+    elif outcome is not None and outcome.action is Action.FINAL:
+        error = outcome.error
+    else:
+        tried = ", ".join(sorted({e.url.display() for e in plan.endpoints}))
+        detail = f"; last error: {outcome.error}" if outcome is not None else ""
+        error = NoServerAvailableError(
+            f"no server ran the job after {plan.policy.max_passes} passes over "
+            f"{len(plan.endpoints)} servers ({tried}){detail}"
+        )
+    result = Result(
+        error=error,
+        message=sink.text,
+        mode=plan.mode.value,
+        target=str(path),
+        server=server,
+        attempts=attempts,
+        bytes=outcome.bytes if outcome is not None and error is None else 0,
+        duration=time.perf_counter() - started,
+        dropped_log_lines=sink.dropped,
+    )
+    audit.emit(
+        audit.JobFinished(
+            job.request_id,
+            plan.mode.value,
+            error is None,
+            result.error_class,
+            server,
+            len(attempts),
+            result.duration,
+            result.bytes,
+        ),
+        audit_logger,
+    )
+    return result
+
+
+def execute(
+    plan: ConnectionPlan,
+    requests: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    environ: Mapping[str, Any],
+    target: str | os.PathLike[str],
+    *,
+    log_handler: LogHandler | None = None,
+    logger: LineLogger | None = None,
+    audit_logger: audit.AuditLogger | None = None,
+    health: ServerHealth | None = None,
+    rng: random.Random | None = None,
+) -> Result:
+    """Synchronous :func:`execute_async`.
+
+    Works from plain code, from threads, and from code running inside an
+    event loop (the retrieval then runs on its own loop in a helper thread
+    while the caller blocks). Ctrl-C stops the job on the server, then
+    ``KeyboardInterrupt`` propagates.
+    """
+    _normalise(requests, environ, target)  # fail fast, in the caller's thread
+
+    def coro() -> Any:
+        return execute_async(
+            plan,
+            requests,
+            environ,
+            target,
+            log_handler=log_handler,
+            logger=logger,
+            audit_logger=audit_logger,
+            health=health,
+            rng=rng,
+        )
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        # No loop here: asyncio.Runner turns Ctrl-C into cancellation of the
+        # retrieval (so the kill is sent) before re-raising KeyboardInterrupt.
+        with asyncio.Runner() as runner:
+            result: Result = runner.run(coro())
+            return result
+    return _run_in_helper_thread(coro)
+
+
+def _run_in_helper_thread(make_coro: Any) -> Result:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def worker() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(make_coro())
+            box["loop"], box["task"] = loop, task
+            ready.set()
+            box["result"] = loop.run_until_complete(task)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            ready.set()
+            loop.close()
+
+    thread = threading.Thread(target=worker, name="marsconn-execute", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except BaseException:
+        # Interrupted while waiting: cancel the retrieval so it kills the job, then re-raise.
+        ready.wait()
+        if "task" in box:
+            box["loop"].call_soon_threadsafe(box["task"].cancel)
+        thread.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    result: Result = box["result"]
+    return result

@@ -1,0 +1,144 @@
+"""MARS log lines: filtering, folding, bounded keeping and the caller's handler.
+
+MARS can print millions of lines for one job. Only a bounded tail of shown
+lines is kept for ``Result.message`` (plus error lines, which are always
+kept, up to a hard cap), so memory does not grow with the log.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import LogHandlerError
+
+if TYPE_CHECKING:
+    from .plan import LogPolicy
+
+__all__ = ["ERROR_CAP", "LineLogger", "LogHandler", "LogSink", "classify_line"]
+
+#: Error lines kept at most, whatever the log's size.
+ERROR_CAP = 10_000
+
+_LEVEL = re.compile(
+    r"(?P<error>\b(?:ERROR|FATAL|FAILED|Exception|Traceback)\b)"
+    r"|(?P<warning>\bWARN(?:ING)?\b)"
+    r"|(?P<progress>Transferr?ing|Retrieving|Request (?:is|has been) (?:queued|sent|scheduled)"
+    r"|Processing|\bin \d+ seconds\b|\d+(?:\.\d+)?%|\d+ (?:bytes|fields?)\b)",
+    re.IGNORECASE,
+)
+
+
+def classify_line(line: str) -> str | None:
+    """``error``, ``warning`` or ``info`` for a line worth showing; None for noise."""
+    match = _LEVEL.search(line)
+    if match is None:
+        return None
+    kind = match.lastgroup
+    return "info" if kind == "progress" else kind
+
+
+class LineLogger(Protocol):
+    """A stdlib logger, a structlog logger, or an adaptor context."""
+
+    def info(self, msg: str, /) -> Any: ...
+
+    def warning(self, msg: str, /) -> Any: ...
+
+    def error(self, msg: str, /) -> Any: ...
+
+
+#: ``handler(line, job, logger) -> shown line or None``, sync or async.
+LogHandler = Callable[[str, Any, Any], "str | None | Awaitable[str | None]"]
+
+
+class LogSink:
+    """Receives a job's raw log lines; keeps, shows and folds them."""
+
+    def __init__(
+        self,
+        policy: LogPolicy,
+        handler: LogHandler | None = None,
+        logger: LineLogger | None = None,
+        job: Any = None,
+    ) -> None:
+        self._filter = policy.filter
+        self._handler = handler
+        self._logger = logger
+        self.job = job
+        self._kept: deque[tuple[int, str]] = deque(maxlen=policy.keep_lines or None)
+        self._keep_any = policy.keep_lines > 0
+        self._errors: list[tuple[int, str]] = []
+        self._seq = 0
+        self._last: str | None = None
+        self._repeats = 0
+        self.lines_seen = 0
+        self.dropped = 0
+
+    def _keep(self, line: str, level: str) -> None:
+        self._seq += 1
+        if level == "error":
+            if len(self._errors) < ERROR_CAP:
+                self._errors.append((self._seq, line))
+            else:
+                self.dropped += 1
+            return
+        if not self._keep_any:
+            self.dropped += 1
+            return
+        if len(self._kept) == self._kept.maxlen:
+            self.dropped += 1
+        self._kept.append((self._seq, line))
+
+    def _show(self, line: str, level: str) -> None:
+        if self._logger is not None:
+            getattr(self._logger, level)(line)
+        self._keep(line, level)
+
+    def _flush_repeats(self) -> None:
+        if self._repeats:
+            self._show(f"(previous line repeated {self._repeats} more times)", "info")
+            self._repeats = 0
+
+    async def line(self, raw: str) -> None:
+        """Process one raw line from MARS."""
+        self.lines_seen += 1
+        line = raw.rstrip("\r\n")
+        level = classify_line(line)
+        if self._handler is not None:
+            try:
+                shown = self._handler(line, self.job, self._logger)
+                if inspect.isawaitable(shown):
+                    shown = await shown
+            except Exception as exc:
+                raise LogHandlerError(f"log handler raised {type(exc).__name__}: {exc}") from exc
+            if shown is None:
+                if level == "error":
+                    self._keep(line, "error")
+                return
+            line = str(shown)
+            level = classify_line(line) or "info"
+        elif level is None:
+            if not self._filter:
+                level = "info"
+            else:
+                return
+        if line == self._last and self._filter:
+            self._repeats += 1
+            return
+        self._flush_repeats()
+        self._last = line
+        self._show(line, level)
+
+    def close(self) -> None:
+        """Flush a pending 'repeated N times' note."""
+        self._flush_repeats()
+
+    @property
+    def text(self) -> str:
+        """The kept lines in arrival order."""
+        merged = sorted([*self._kept, *self._errors])
+        return "\n".join(line for _, line in merged)

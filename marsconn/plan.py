@@ -1,0 +1,577 @@
+"""The resolved, frozen ConnectionPlan and the pure function that makes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from . import audit
+from .capability import Capability, VersionVerdict, assess, detect_server_version
+from .endpoints import (
+    ACCEPTED_URL,
+    PIPE_SCHEMES,
+    Endpoint,
+    ServerURL,
+    URLError,
+    parse_server_url,
+    to_websocket,
+)
+from .errors import ConfigError, Problem
+from .provenance import Provenance, SourceKind
+from .serverlist import DEFAULT_LIST_FILES, ListedServer, read_list_file, split_inline_list
+from .settings import LoadedSettings, MarsSettings, _load
+
+__all__ = [
+    "ConnectionPlan",
+    "FailoverPolicy",
+    "LogPolicy",
+    "Mode",
+    "Reason",
+    "Timeouts",
+    "resolve_plan",
+]
+
+PLAN_FORMAT = 1
+
+
+class Mode(StrEnum):
+    """How the executor talks to the servers."""
+
+    PIPE = "pipe"
+    WEBSOCKET = "websocket"
+
+
+class Reason(StrEnum):
+    """Why the plan's mode was chosen."""
+
+    SHARES_NOT_REQUESTED = "shares_not_requested"
+    SHARES_ENABLED = "shares_enabled"
+    FORCED = "forced"
+    SERVER_PACKAGE_MISSING = "server_package_missing"
+    SERVER_PACKAGE_TOO_OLD = "server_package_too_old"
+    SERVER_VERSION_UNPARSABLE = "server_version_unparsable"
+
+
+Order = Literal["listed", "shuffled", "stable"]
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverPolicy:
+    """How servers are walked and retried, as an immutable value.
+
+    ``max_passes`` full passes over the server list; between passes the
+    executor sleeps ``backoff(pass_index)``: ``backoff_initial`` doubled each
+    pass, capped at ``backoff_max``, with up to ``jitter`` (a fraction) of it
+    added at random. Never any sleep between two servers of one pass.
+    ``same_host_retries`` bounds retries on one server for transient pipe
+    statuses. A server that refused or timed out is tried last by the whole
+    process for ``eject_cooldown`` seconds.
+    """
+
+    order: Order = "shuffled"
+    max_passes: int = 10
+    backoff_initial: float = 2.0
+    backoff_max: float = 60.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.5
+    same_host_retries: int = 2
+    eject_cooldown: float = 30.0
+
+    def backoff(self, pass_index: int, rng: random.Random | None = None) -> float:
+        """Seconds to sleep after failed pass ``pass_index`` (0-based), jitter included."""
+        base = min(self.backoff_max, self.backoff_initial * self.backoff_multiplier**pass_index)
+        spread = (rng or random).random() * self.jitter * base
+        return float(min(self.backoff_max, base + spread))
+
+    def ordered(
+        self,
+        endpoints: Sequence[Endpoint],
+        request_id: str = "",
+        rng: random.Random | None = None,
+    ) -> list[Endpoint]:
+        """The endpoints in this policy's order for one retrieval."""
+        items = list(endpoints)
+        if self.order == "shuffled":
+            (rng or random).shuffle(items)
+        elif self.order == "stable":
+            # Same request_id, same order, in every process: a hash, not random state.
+            items.sort(
+                key=lambda e: hashlib.sha256(f"{request_id}|{e.url.secret()}".encode()).digest()
+            )
+        return items
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every time limit of the plan, in seconds."""
+
+    connect: float = 10.0
+    request: float = 30.0
+    read: float = 600.0
+    heartbeat_interval: float = 20.0
+    heartbeat_misses: int = 3
+    job_deadline: float | None = None
+    target_settle: float = 10.0
+    ws_ping_interval: float | None = None
+    ws_close: float = 30.0
+
+    @property
+    def liveness(self) -> float:
+        """Seconds without any server message before a running job's server is presumed dead."""
+        return self.heartbeat_interval * self.heartbeat_misses
+
+
+@dataclass(frozen=True, slots=True)
+class LogPolicy:
+    """What happens to MARS's log lines."""
+
+    filter: bool = True
+    keep_lines: int = 2000
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    """Everything the executor needs, decided once: a frozen, JSON-able value.
+
+    ``endpoints`` are the servers of the effective ``mode``, in configured
+    order (the policy's order is applied per retrieval). ``fingerprint`` is a
+    hash of the effective behaviour (mode, endpoints, ports, policy,
+    timeouts, log and TLS settings), not of how it was configured.
+    """
+
+    mode: Mode
+    requested_mode: Mode
+    reason: Reason
+    reason_text: str
+    server_version: str | None
+    server_version_source: str
+    required_version: str
+    endpoints: tuple[Endpoint, ...]
+    pipe_port: int
+    shares_port: int
+    policy: FailoverPolicy
+    timeouts: Timeouts
+    logs: LogPolicy
+    ca_bundle: str | None
+    warnings: tuple[str, ...]
+    settings: tuple[tuple[str, Any, Provenance], ...] = field(repr=False)
+    fingerprint: str = ""
+
+    @property
+    def urls(self) -> list[str]:
+        """Endpoint URLs for display (credentials redacted)."""
+        return [e.url.display() for e in self.endpoints]
+
+    @property
+    def sources(self) -> list[str]:
+        """Distinct places that contributed a non-default value, in precedence order."""
+        seen: dict[str, None] = {}
+        provs = [p for _, _, p in self.settings] + [e.provenance for e in self.endpoints]
+        for prov in sorted(provs, key=lambda p: list(SourceKind).index(p.kind)):
+            if prov.kind is SourceKind.DEFAULT:
+                continue
+            label = prov.kind.value + (f":{prov.file}" if prov.file else "")
+            seen[label] = None
+        return list(seen)
+
+    def effective(self) -> dict[str, Any]:
+        """The behaviour-defining part of the plan; what the fingerprint covers."""
+        return {
+            "format": PLAN_FORMAT,
+            "mode": self.mode.value,
+            "endpoints": [e.url.display() for e in self.endpoints],
+            "pipe_port": self.pipe_port,
+            "shares_port": self.shares_port,
+            "policy": _asdict(self.policy),
+            "timeouts": _asdict(self.timeouts),
+            "logs": _asdict(self.logs),
+            "ca_bundle": self.ca_bundle,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole plan as JSON-ready data (credentials redacted)."""
+        return {
+            "mode": self.mode.value,
+            "requested_mode": self.requested_mode.value,
+            "reason": self.reason.value,
+            "reason_text": self.reason_text,
+            "server_version": self.server_version,
+            "server_version_source": self.server_version_source,
+            "required_version": self.required_version,
+            "endpoints": [e.to_dict() for e in self.endpoints],
+            "pipe_port": self.pipe_port,
+            "shares_port": self.shares_port,
+            "policy": _asdict(self.policy),
+            "timeouts": _asdict(self.timeouts),
+            "logs": _asdict(self.logs),
+            "ca_bundle": self.ca_bundle,
+            "warnings": list(self.warnings),
+            "settings": {
+                name: {"value": _jsonable(value), "source": prov.describe()}
+                for name, value, prov in self.settings
+            },
+            "sources": self.sources,
+            "fingerprint": self.fingerprint,
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def explain(self) -> str:
+        """A human account of the plan: the decision, why, and where each value came from."""
+        lines = [
+            f"mode: {self.mode.value} (requested: {self.requested_mode.value})",
+            f"reason: {self.reason.value}: {self.reason_text}",
+            f"server version: {self.server_version or '-'} ({self.server_version_source}); "
+            f"required >= {self.required_version}",
+            f"endpoints ({len(self.endpoints)}), tried {_ORDER_TEXT[self.policy.order]}:",
+        ]
+        for i, e in enumerate(self.endpoints, start=1):
+            via = f" <- {e.derived_from.display()}" if e.derived_from else ""
+            lines.append(f"  {i}. {e.url.display()}{via}   [{e.provenance.describe()}]")
+        p, t = self.policy, self.timeouts
+        lines += [
+            f"failover: {p.max_passes} passes; no sleep between servers; backoff between passes "
+            f"{p.backoff_initial:g}s x{p.backoff_multiplier:g} (cap {p.backoff_max:g}s, "
+            f"jitter {p.jitter:.0%}); dead servers tried last for {p.eject_cooldown:g}s",
+            f"timeouts: connect {t.connect:g}s, acknowledge {t.request:g}s, "
+            + (
+                f"liveness {t.liveness:g}s ({t.heartbeat_misses} x {t.heartbeat_interval:g}s "
+                "heartbeat), "
+                if self.mode is Mode.WEBSOCKET
+                else f"read {t.read:g}s, "
+            )
+            + (f"job deadline {t.job_deadline:g}s" if t.job_deadline else "no job deadline"),
+            "settings:",
+        ]
+        width = max(len(name) for name, _, _ in self.settings)
+        for name, value, prov in self.settings:
+            shown = _jsonable(value)
+            if name in ("servers", "ws_servers") and isinstance(shown, list):
+                shown = f"[{len(shown)} servers]"
+            lines.append(f"  {name.ljust(width)} = {shown!s:<12} [{prov.describe()}]")
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        lines.append(f"fingerprint: {self.fingerprint}")
+        return "\n".join(lines)
+
+
+_ORDER_TEXT = {
+    "listed": "in the order listed",
+    "shuffled": "in a random order per retrieval",
+    "stable": "in a stable order per request_id",
+}
+
+
+def _asdict(value: FailoverPolicy | Timeouts | LogPolicy) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+def _fingerprint(plan: ConnectionPlan) -> str:
+    canonical = json.dumps(plan.effective(), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+# --- resolution -------------------------------------------------------------------------------
+
+
+def _decide(s: MarsSettings, cap: Capability | None) -> tuple[Mode, Reason, str]:
+    if not s.use_shares:
+        return Mode.PIPE, Reason.SHARES_NOT_REQUESTED, "WebSocket (shares) mode was not requested"
+    if s.force_websocket_mode:
+        return (
+            Mode.WEBSOCKET,
+            Reason.FORCED,
+            "WebSocket mode forced: the server version check was skipped",
+        )
+    assert cap is not None
+    match cap.verdict:
+        case VersionVerdict.SUPPORTED:
+            return (
+                Mode.WEBSOCKET,
+                Reason.SHARES_ENABLED,
+                f"shares requested and cads-mars-server {cap.version} ({cap.source}) "
+                f">= {cap.required}",
+            )
+        case VersionVerdict.MISSING:
+            return (
+                Mode.PIPE,
+                Reason.SERVER_PACKAGE_MISSING,
+                "shares requested but cads-mars-server is not installed; using pipe mode",
+            )
+        case VersionVerdict.TOO_OLD:
+            return (
+                Mode.PIPE,
+                Reason.SERVER_PACKAGE_TOO_OLD,
+                f"shares requested but cads-mars-server {cap.version} ({cap.source}) is older "
+                f"than {cap.required}; using pipe mode",
+            )
+        case _:
+            return (
+                Mode.PIPE,
+                Reason.SERVER_VERSION_UNPARSABLE,
+                f"shares requested but the cads-mars-server version {cap.version!r} "
+                f"({cap.source}) cannot be parsed; using pipe mode",
+            )
+
+
+_REMEDY = {
+    Reason.SERVER_PACKAGE_MISSING: "install cads-mars-server >= {req} on this worker, "
+    "or declare the servers' version with --assume-server-version",
+    Reason.SERVER_PACKAGE_TOO_OLD: "upgrade cads-mars-server to >= {req}",
+    Reason.SERVER_VERSION_UNPARSABLE: "install a released cads-mars-server >= {req}",
+}
+
+
+@dataclass
+class _ServerSearch:
+    """Where server lists were looked for, to explain an empty result."""
+
+    looked: list[str] = field(default_factory=list)
+
+
+def _listed_pipe_servers(
+    loaded: LoadedSettings, list_files: Sequence[str], search: _ServerSearch
+) -> tuple[list[ListedServer], list[Problem], bool]:
+    """Pipe-server entries from the highest-precedence source that has any.
+
+    Returns the entries, problems, and whether they came from the adaptor.
+    """
+    s, prov = loaded.settings, loaded.provenance
+    if s.servers is not None:
+        entries, problems = split_inline_list(s.servers, prov["servers"])
+        search.looked.append(f"{prov['servers'].describe()} (empty)")
+        return entries, problems, True
+    search.looked.append("adaptor config key 'mars_servers' (unset)")
+    for name in ("server_list", "api_server_list"):
+        path = getattr(s, name)
+        if path is not None:
+            entries, problems = read_list_file(Path(path), prov[name].describe())
+            if not entries and not problems:
+                search.looked.append(f"{path} (no servers in it)")
+            return entries, problems, name == "server_list"
+        label = {"server_list": "adaptor config key 'mars_server_list'"}.get(
+            name, "MARS_API_SERVER_LIST"
+        )
+        search.looked.append(f"{label} (unset)")
+    for candidate in list_files:
+        if os.path.exists(candidate):
+            entries, problems = read_list_file(Path(candidate), f"default list file {candidate}")
+            if not entries and not problems:
+                search.looked.append(f"{candidate} (no servers in it)")
+            return entries, problems, False
+        search.looked.append(f"{candidate} (absent)")
+    return [], [], False
+
+
+def _parse_entries(
+    entries: Sequence[ListedServer], mode: Mode, s: MarsSettings, direct_ws: bool
+) -> tuple[list[Endpoint], list[Problem], list[str]]:
+    endpoints: list[Endpoint] = []
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    first_seen: dict[str, Endpoint] = {}
+    for entry in entries:
+        try:
+            url = parse_server_url(entry.text)
+        except URLError as exc:
+            redacted = entry.text
+            if "@" in redacted:
+                scheme, _, rest = redacted.rpartition("://")
+                redacted = (scheme + "://" if scheme else "") + "***@" + rest.rpartition("@")[2]
+            problems.append(
+                Problem(entry.provenance.describe(), str(exc), redacted, ACCEPTED_URL)
+            )
+            continue
+        derived: ServerURL | None = None
+        if mode is Mode.WEBSOCKET:
+            ws = to_websocket(url, pipe_port=s.pipe_port, shares_port=s.shares_port)
+            derived, url = (None if direct_ws or ws == url else url), ws
+        elif url.scheme not in PIPE_SCHEMES:
+            problems.append(
+                Problem(
+                    entry.provenance.describe(),
+                    "a WebSocket URL cannot be used in pipe mode",
+                    url.display(),
+                    "http:// or https:// pipe-server URLs",
+                )
+            )
+            continue
+        endpoint = Endpoint(url, entry.provenance, derived)
+        key = url.secret()
+        if key in first_seen:
+            warnings.append(
+                f"duplicate server {url.display()} at {entry.provenance.describe()} dropped "
+                f"(first listed at {first_seen[key].provenance.describe()})"
+            )
+            continue
+        first_seen[key] = endpoint
+        endpoints.append(endpoint)
+    return endpoints, problems, warnings
+
+
+def _endpoints(
+    loaded: LoadedSettings, mode: Mode, list_files: Sequence[str]
+) -> tuple[tuple[Endpoint, ...], list[Problem], list[str]]:
+    s, prov = loaded.settings, loaded.provenance
+    search = _ServerSearch()
+    entries, problems, from_adaptor = _listed_pipe_servers(loaded, list_files, search)
+    direct_ws = False
+    if mode is Mode.WEBSOCKET and not from_adaptor and s.ws_servers is not None:
+        # MARS_WS_SERVERS names the WebSocket servers directly; the adaptor's own
+        # servers still win, as adaptor config has the highest precedence.
+        ws_entries, ws_problems = split_inline_list(s.ws_servers, prov["ws_servers"])
+        if ws_entries or ws_problems:
+            entries, problems, direct_ws = ws_entries, ws_problems, True
+    endpoints, parse_problems, warnings = _parse_entries(entries, mode, s, direct_ws)
+    problems += parse_problems
+    if not endpoints and not problems:
+        hint = ""
+        if mode is Mode.PIPE and s.ws_servers:
+            hint = (
+                f"; {prov['ws_servers'].describe()} is set but only WebSocket mode uses it "
+                "(this plan is in pipe mode)"
+            )
+        problems.append(
+            Problem(
+                "server list",
+                "no MARS servers configured; looked in: " + ", ".join(search.looked) + hint,
+                accepted="mars_servers in the adaptor config, a server-list file "
+                "(MARS_API_SERVER_LIST or mars_server_list), MARS_WS_SERVERS in "
+                "WebSocket mode, or a default list file",
+            )
+        )
+    return tuple(endpoints), problems, warnings
+
+
+def resolve_plan(
+    config: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    server_version: str | None = None,
+    default_list_files: Sequence[str] = DEFAULT_LIST_FILES,
+    logger: audit.AuditLogger | None = None,
+) -> ConnectionPlan:
+    """Merge every settings source and decide how to reach the MARS servers.
+
+    ``config`` is the adaptor's per-dataset config (``mars_servers``,
+    ``mars_server_list``). With ``env`` given, ``os.environ`` is never read.
+    ``server_version`` declares the servers' cads-mars-server version instead
+    of detecting the installed one (for validating a deployment elsewhere).
+    ``default_list_files`` replaces the list files looked up when no list is
+    configured. Emits ``marsconn.plan.resolved`` (and ``marsconn.mode.fallback``
+    when shares was requested but not granted) to ``logger``.
+
+    Raises :class:`~marsconn.errors.ConfigError` listing every problem.
+    """
+    loaded, problems = _load(
+        config, env=env, env_file=env_file, config_file=config_file, overrides=overrides
+    )
+    s = loaded.settings
+    cap: Capability | None = None
+    if server_version is not None:
+        cap = assess(server_version, s.required_server_version, declared=True)
+    elif s.use_shares and not s.force_websocket_mode:
+        # Only looked up when it decides something: metadata scans sys.path.
+        cap = assess(detect_server_version(), s.required_server_version)
+    mode, reason, reason_text = _decide(s, cap)
+    endpoints, endpoint_problems, endpoint_warnings = _endpoints(loaded, mode, default_list_files)
+    problems += endpoint_problems
+    if problems:
+        raise ConfigError(problems)
+
+    warnings = list(loaded.warnings) + endpoint_warnings
+    if s.force_websocket_mode and not s.use_shares:
+        warnings.append(
+            f"{loaded.where('force_websocket_mode')} is set but use_shares is false "
+            f"({loaded.where('use_shares')}); the force flag only applies when shares is requested"
+        )
+    plan = ConnectionPlan(
+        mode=mode,
+        requested_mode=Mode.WEBSOCKET if s.use_shares else Mode.PIPE,
+        reason=reason,
+        reason_text=reason_text,
+        server_version=cap.version if cap else None,
+        server_version_source=cap.source if cap else "not checked",
+        required_version=s.required_server_version,
+        endpoints=endpoints,
+        pipe_port=s.pipe_port,
+        shares_port=s.shares_port,
+        policy=FailoverPolicy(
+            order=s.failover_order,
+            max_passes=s.max_retries,
+            backoff_initial=s.retry_delay,
+            backoff_max=s.retry_backoff_max,
+            same_host_retries=s.same_host_retries,
+            eject_cooldown=s.eject_cooldown,
+        ),
+        timeouts=Timeouts(
+            connect=s.connect_timeout,
+            request=s.request_timeout,
+            read=s.read_timeout,
+            heartbeat_interval=s.heartbeat_interval,
+            heartbeat_misses=s.heartbeat_misses,
+            job_deadline=s.job_deadline,
+            target_settle=s.target_settle_time,
+            ws_ping_interval=s.ws_ping_interval,
+            ws_close=s.ws_close_timeout,
+        ),
+        logs=LogPolicy(filter=s.client_filter_logs, keep_lines=s.log_keep_lines),
+        ca_bundle=str(s.ca_bundle) if s.ca_bundle else None,
+        warnings=tuple(warnings),
+        settings=tuple(
+            (name, getattr(s, name), loaded.provenance[name]) for name in type(s).model_fields
+        ),
+    )
+    plan = _with_fingerprint(plan)
+    audit.emit(
+        audit.PlanResolved(
+            mode=plan.mode.value,
+            requested_mode=plan.requested_mode.value,
+            reason=plan.reason.value,
+            server_version=plan.server_version,
+            required_version=plan.required_version,
+            endpoint_count=len(plan.endpoints),
+            fingerprint=plan.fingerprint,
+            sources=plan.sources,
+        ),
+        logger,
+    )
+    if plan.requested_mode is not plan.mode:
+        audit.emit(
+            audit.ModeFallback(
+                requested_mode=plan.requested_mode.value,
+                mode=plan.mode.value,
+                reason=plan.reason.value,
+                detail=plan.reason_text,
+                remedy=_REMEDY[plan.reason].format(req=plan.required_version),
+                server_version=plan.server_version,
+                required_version=plan.required_version,
+            ),
+            logger,
+        )
+    return plan
+
+
+def _with_fingerprint(plan: ConnectionPlan) -> ConnectionPlan:
+    return dataclasses.replace(plan, fingerprint=_fingerprint(plan))

@@ -1,0 +1,133 @@
+"""What a retrieval returns: the outcome and every attempt that led to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Action", "Attempt", "Outcome", "Result"]
+
+
+class Action(StrEnum):
+    """What the executor does after an attempt."""
+
+    SUCCESS = "success"
+    NEXT_SERVER = "next_server"
+    SAME_SERVER = "same_server"
+    FINAL = "final"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A transport's verdict on one attempt.
+
+    ``error_class`` is a stable short name (``connect_refused``,
+    ``mars_rejected``, ...; see docs/executor.md); ``eject`` marks a server
+    that refused or timed out, to be tried last for a while; ``bytes`` is the
+    size of the output on success.
+    """
+
+    action: Action
+    error: BaseException | None = None
+    error_class: str | None = None
+    eject: bool = False
+    bytes: int = 0
+    job_id: str | None = None
+
+    @classmethod
+    def success(cls, nbytes: int, job_id: str | None = None) -> Outcome:
+        """A completed attempt that produced ``nbytes`` of output."""
+        return cls(Action.SUCCESS, bytes=nbytes, job_id=job_id)
+
+    @classmethod
+    def failed(
+        cls,
+        action: Action,
+        error_class: str,
+        error: BaseException,
+        *,
+        eject: bool = False,
+        job_id: str | None = None,
+    ) -> Outcome:
+        """A failed attempt, classified."""
+        return cls(action, error, error_class, eject, job_id=job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try on one server."""
+
+    server: str
+    outcome: str  # an Action value
+    error_class: str | None
+    error: str | None
+    duration: float
+    pass_number: int
+    job_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "server": self.server,
+            "outcome": self.outcome,
+            "error_class": self.error_class,
+            "error": self.error,
+            "duration": round(self.duration, 6),
+            "pass": self.pass_number,
+            "job_id": self.job_id,
+        }
+
+
+@dataclass(slots=True)
+class Result:
+    """The outcome of :func:`marsconn.execute`.
+
+    ``error`` is None on success, else the exception describing the failure
+    (the same object adaptor code already inspects); ``message`` is the kept
+    log text. ``server`` ran the job (None if none did); ``attempts`` lists
+    every try; ``bytes`` is the size of the target file; ``duration`` is the
+    wall time of the whole call, in seconds.
+    """
+
+    error: BaseException | None
+    message: str
+    mode: str
+    target: str
+    server: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    bytes: int = 0
+    duration: float = 0.0
+    dropped_log_lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the retrieval succeeded."""
+        return self.error is None
+
+    @property
+    def error_class(self) -> str | None:
+        """The last attempt's error class, when the retrieval failed."""
+        if self.error is None:
+            return None
+        for attempt in reversed(self.attempts):
+            if attempt.error_class:
+                return attempt.error_class
+        return type(self.error).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the log text included)."""
+        return {
+            "ok": self.ok,
+            "error": None if self.error is None else str(self.error),
+            "error_type": None if self.error is None else type(self.error).__name__,
+            "error_class": self.error_class,
+            "mode": self.mode,
+            "target": self.target,
+            "server": self.server,
+            "bytes": self.bytes,
+            "duration": round(self.duration, 6),
+            "attempts": [a.to_dict() for a in self.attempts],
+            "message": self.message,
+            "dropped_log_lines": self.dropped_log_lines,
+        }

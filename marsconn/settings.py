@@ -1,0 +1,745 @@
+"""Typed MARS connection settings, merged from every source with provenance.
+
+Sources, highest precedence first:
+
+1. keyword overrides (``resolve_plan(..., overrides={...})``);
+2. the adaptor's per-dataset config (``mars_servers``, ``mars_server_list``);
+3. the environment (``MARS_*`` variables);
+4. an optional dotenv file;
+5. the YAML file (``MARS_CONFIG_FILE``, default ``/etc/cads-mars-server.yaml``;
+   absent is fine unless it was named explicitly);
+6. defaults.
+
+Each source is a pydantic-settings source. :func:`load_settings` merges them
+the way pydantic-settings does (the first source that has a key wins) while
+remembering which source that was, so every effective value can be traced.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from packaging.version import InvalidVersion, Version
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError, Problem
+from .provenance import Provenance, SourceKind
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "LoadedSettings",
+    "MarsSettings",
+    "load_settings",
+    "setting_keys",
+]
+
+DEFAULT_CONFIG_FILE = "/etc/cads-mars-server.yaml"
+CONFIG_FILE_VAR = "MARS_CONFIG_FILE"
+_NONE_WORDS = frozenset({"none", "null"})
+
+_BOOL = "true/false, 1/0, yes/no, on/off (any case)"
+_PORT = "a whole number from 1 to 65535"
+_SECONDS = "a number of seconds greater than 0"
+_SECONDS0 = "a number of seconds, 0 or more"
+_OPT_SECONDS = "a number of seconds greater than 0, or none/null to disable"
+_URLS = "comma-separated server URLs, or a list of URLs in YAML/JSON"
+
+
+def _setting(
+    default: Any,
+    description: str,
+    *,
+    env: str | None,
+    yaml_key: str | None,
+    accepted: str,
+    adaptor: str | None = None,
+    added: bool = False,
+    **constraints: Any,
+) -> Any:
+    extra: dict[str, Any] = {"x-env": env, "x-yaml-key": yaml_key, "x-accepted": accepted}
+    if adaptor:
+        extra["x-adaptor-key"] = adaptor
+    if added:
+        extra["x-marsconn"] = True
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
+class MarsSettings(BaseSettings):
+    """Every setting that decides how to reach the MARS proxy servers.
+
+    ``MarsSettings()`` reads the process environment and the YAML file like
+    any pydantic-settings model; library code should call :func:`load_settings`
+    (or :func:`marsconn.resolve_plan`) with explicit inputs instead.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    use_shares: bool = _setting(
+        False,
+        "Ask for WebSocket ('shares') mode.",
+        env="MARS_USE_SHARES",
+        yaml_key="use_shares",
+        accepted=_BOOL,
+    )
+    force_websocket_mode: bool = _setting(
+        False,
+        "Skip the cads-mars-server version check (testing only).",
+        env="MARS_FORCE_WEBSOCKET_MODE",
+        yaml_key=None,
+        accepted=_BOOL,
+    )
+    required_server_version: str = _setting(
+        "0.3.0",
+        "Oldest cads-mars-server release (base version) that supports WebSocket mode.",
+        env="MARS_REQUIRED_SERVER_VERSION",
+        yaml_key="required_server_version",
+        accepted="a version number such as 0.3.0",
+        added=True,
+    )
+    servers: list[str] | None = _setting(
+        None,
+        "Servers named by the adaptor config; highest precedence of all server lists.",
+        env=None,
+        yaml_key=None,
+        adaptor="mars_servers",
+        accepted="a URL or a list of URLs",
+    )
+    server_list: Path | None = _setting(
+        None,
+        "Server-list file named by the adaptor config.",
+        env=None,
+        yaml_key=None,
+        adaptor="mars_server_list",
+        accepted="the path of a server-list file",
+    )
+    api_server_list: Path | None = _setting(
+        None,
+        "Server-list file (one pipe-server URL per line).",
+        env="MARS_API_SERVER_LIST",
+        yaml_key=None,
+        accepted="the path of a server-list file",
+    )
+    ws_servers: list[str] | None = _setting(
+        None,
+        "WebSocket server URLs, used as they are in WebSocket mode.",
+        env="MARS_WS_SERVERS",
+        yaml_key="mars_ws_servers",
+        accepted=_URLS,
+    )
+    pipe_port: int = _setting(
+        9000,
+        "Port of the pipe (HTTP) server.",
+        env="MARS_PIPE_PORT",
+        yaml_key="pipe_port",
+        accepted=_PORT,
+        ge=1,
+        le=65535,
+    )
+    shares_port: int = _setting(
+        9001,
+        "Port of the WebSocket server.",
+        env="MARS_SHARES_PORT",
+        yaml_key="shares_port",
+        accepted=_PORT,
+        ge=1,
+        le=65535,
+    )
+    connect_timeout: float = _setting(
+        10.0,
+        "Seconds allowed for TCP connect, TLS and the WebSocket handshake.",
+        env="MARS_CONNECT_TIMEOUT",
+        yaml_key="connect_timeout",
+        accepted=_SECONDS,
+        added=True,
+        gt=0,
+    )
+    request_timeout: float = _setting(
+        30.0,
+        "Seconds a server has to acknowledge a job (WebSocket: 'started'; pipe: the ping). "
+        "Never limits how long the job itself runs.",
+        env="MARS_REQUEST_TIMEOUT",
+        yaml_key="request_timeout",
+        accepted=_SECONDS,
+        gt=0,
+    )
+    read_timeout: float = _setting(
+        600.0,
+        "Pipe mode: seconds of silence on the data connection before the server is presumed dead.",
+        env="MARS_READ_TIMEOUT",
+        yaml_key="read_timeout",
+        accepted=_SECONDS,
+        added=True,
+        gt=0,
+    )
+    max_retries: int = _setting(
+        10,
+        "Passes over the server list.",
+        env="MARS_MAX_RETRIES",
+        yaml_key="max_retries",
+        accepted="a whole number, 1 or more",
+        ge=1,
+    )
+    retry_delay: float = _setting(
+        2.0,
+        "Base of the exponential backoff slept between passes (never after a single server).",
+        env="MARS_RETRY_DELAY",
+        yaml_key="retry_delay",
+        accepted=_SECONDS0,
+        ge=0,
+    )
+    retry_backoff_max: float = _setting(
+        60.0,
+        "Cap of the backoff between passes.",
+        env="MARS_RETRY_BACKOFF_MAX",
+        yaml_key="retry_backoff_max",
+        accepted=_SECONDS0,
+        added=True,
+        ge=0,
+    )
+    same_host_retries: int = _setting(
+        2,
+        "Pipe mode: retries on the same server for 500/502/503/504/408 before moving on.",
+        env="MARS_SAME_HOST_RETRIES",
+        yaml_key="same_host_retries",
+        accepted="a whole number, 0 or more",
+        added=True,
+        ge=0,
+    )
+    failover_order: Literal["listed", "shuffled", "stable"] = _setting(
+        "shuffled",
+        "Order servers are tried in: as listed, shuffled per call, or a stable "
+        "shuffle per request_id.",
+        env="MARS_FAILOVER_ORDER",
+        yaml_key="failover_order",
+        accepted="listed, shuffled or stable",
+        added=True,
+    )
+    eject_cooldown: float = _setting(
+        30.0,
+        "Seconds a server that refused or timed out is tried last by this process.",
+        env="MARS_EJECT_COOLDOWN",
+        yaml_key="eject_cooldown",
+        accepted=_SECONDS0,
+        added=True,
+        ge=0,
+    )
+    heartbeat_interval: float = _setting(
+        20.0,
+        "Server heartbeat period.",
+        env="MARS_HEARTBEAT_INTERVAL",
+        yaml_key="heartbeat_interval",
+        accepted=_SECONDS,
+        gt=0,
+    )
+    heartbeat_misses: int = _setting(
+        3,
+        "Heartbeat periods without any message before a running server is presumed dead.",
+        env="MARS_HEARTBEAT_MISSES",
+        yaml_key="heartbeat_misses",
+        accepted="a whole number, 1 or more",
+        added=True,
+        ge=1,
+    )
+    job_deadline: float | None = _setting(
+        None,
+        "Optional limit on a whole job's duration; off by default.",
+        env="MARS_JOB_DEADLINE",
+        yaml_key="job_deadline",
+        accepted=_OPT_SECONDS,
+        added=True,
+        gt=0,
+    )
+    target_settle_time: float = _setting(
+        10.0,
+        "WebSocket mode: seconds to wait for the output file to appear on the shared filesystem.",
+        env="MARS_TARGET_SETTLE_TIME",
+        yaml_key="target_settle_time",
+        accepted=_SECONDS0,
+        added=True,
+        ge=0,
+    )
+    ws_ping_interval: float | None = _setting(
+        None,
+        "WebSocket ping interval; none disables pings.",
+        env="MARS_WS_PING_INTERVAL",
+        yaml_key="ws_ping_interval",
+        accepted=_OPT_SECONDS,
+        gt=0,
+    )
+    ws_close_timeout: float = _setting(
+        30.0,
+        "Close handshake timeout.",
+        env="MARS_WS_CLOSE_TIMEOUT",
+        yaml_key="ws_close_timeout",
+        accepted=_SECONDS,
+        gt=0,
+    )
+    client_filter_logs: bool = _setting(
+        True,
+        "Filter MARS log lines on the client (keep errors, warnings, progress; fold repeats).",
+        env="MARS_CLIENT_FILTER_LOGS",
+        yaml_key="client_filter_logs",
+        accepted=_BOOL,
+    )
+    log_keep_lines: int = _setting(
+        2000,
+        "Most log lines kept in Result.message (errors are always kept).",
+        env="MARS_LOG_KEEP_LINES",
+        yaml_key="log_keep_lines",
+        accepted="a whole number, 0 or more",
+        added=True,
+        ge=0,
+    )
+    ca_bundle: Path | None = _setting(
+        None,
+        "CA bundle for https/wss certificate checks (default: the system store).",
+        env="MARS_CA_BUNDLE",
+        yaml_key="ca_bundle",
+        accepted="the path of a PEM file",
+        added=True,
+    )
+
+    @field_validator("servers", "ws_servers", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return yaml.safe_load(text)
+                except yaml.YAMLError:
+                    return value
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("job_deadline", "ws_ping_interval", mode="before")
+    @classmethod
+    def _none_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+            return None
+        return value
+
+    @field_validator("failover_order", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("required_server_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise ValueError("not a version number") from None
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """For plain ``MarsSettings()``: init kwargs, process environment, YAML file."""
+        sources, problems = _build_sources(
+            settings_cls, env=os.environ, overrides=None, config=None, env_file=None
+        )
+        if problems:
+            raise ConfigError(problems)
+        return (init_settings, *sources)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingKeys:
+    """The names one setting goes by in each source."""
+
+    field: str
+    env: str | None
+    yaml_key: str | None
+    adaptor: str | None
+    accepted: str
+    added: bool
+
+
+def _keys(name: str, info: FieldInfo) -> SettingKeys:
+    extra = info.json_schema_extra
+    assert isinstance(extra, dict)
+    return SettingKeys(
+        field=name,
+        env=extra.get("x-env"),  # type: ignore[arg-type]
+        yaml_key=extra.get("x-yaml-key"),  # type: ignore[arg-type]
+        adaptor=extra.get("x-adaptor-key"),  # type: ignore[arg-type]
+        accepted=str(extra.get("x-accepted")),
+        added=bool(extra.get("x-marsconn", False)),
+    )
+
+
+def setting_keys() -> dict[str, SettingKeys]:
+    """Every setting's names per source, keyed by field name."""
+    return {name: _keys(name, info) for name, info in MarsSettings.model_fields.items()}
+
+
+_KEYS = setting_keys()
+_BY_ENV = {k.env: k for k in _KEYS.values() if k.env}
+_BY_YAML = {k.yaml_key: k for k in _KEYS.values() if k.yaml_key}
+_BY_ADAPTOR = {k.adaptor: k for k in _KEYS.values() if k.adaptor}
+_KNOWN_VARS = frozenset([*_BY_ENV, CONFIG_FILE_VAR])
+
+
+class _ValuesSource(PydanticBaseSettingsSource):
+    """A pydantic-settings source over values already read, each with its provenance."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], values: dict[str, tuple[Any, Provenance]]
+    ) -> None:
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name, (None, None))[0], field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: value for name, (value, _) in self.values.items()}
+
+
+def _env_values(
+    env: Mapping[str, str], kind: SourceKind, file: str | None, lines: Mapping[str, int]
+) -> dict[str, tuple[Any, Provenance]]:
+    out: dict[str, tuple[Any, Provenance]] = {}
+    for var, keys in _BY_ENV.items():
+        value = env.get(var)
+        # An empty variable counts as unset, as deployments often export VAR= to clear one.
+        if value is None or not value.strip():
+            continue
+        out[keys.field] = (value.strip(), Provenance(kind, var, file, lines.get(var)))
+    return out
+
+
+def _near_miss_warnings(names: Sequence[str], where: str) -> list[str]:
+    warnings = []
+    for name in names:
+        if name.startswith("MARS_") and name not in _KNOWN_VARS:
+            close = difflib.get_close_matches(name, _KNOWN_VARS, n=1, cutoff=0.85)
+            if close:
+                warnings.append(
+                    f"{where} {name} is not a marsconn setting and is ignored; "
+                    f"did you mean {close[0]}?"
+                )
+    return warnings
+
+
+_DOTENV_KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def _read_dotenv(path: Path) -> tuple[dict[str, str], dict[str, int], list[Problem]]:
+    from dotenv import dotenv_values
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return {}, {}, [
+            Problem(
+                f"dotenv file {str(path)!r}",
+                f"cannot be read: {exc.strerror or exc}",
+                accepted="a readable file of VAR=value lines",
+            )
+        ]
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _DOTENV_KEY.match(line)
+        if match:
+            lines[match.group(1)] = number
+    values = {k: v for k, v in dotenv_values(path, interpolate=False).items() if v is not None}
+    return values, lines, []
+
+
+def _yaml_line_numbers(text: str) -> dict[str, int]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {
+        str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)
+    }
+
+
+def _read_yaml(
+    path: Path, explicit: Provenance | None
+) -> tuple[dict[str, tuple[Any, Provenance]], list[Problem]]:
+    pointed = explicit.describe() if explicit else "default YAML config"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit is None:
+            return {}, []
+        return {}, [
+            Problem(
+                pointed,
+                f"YAML config file {str(path)!r} does not exist",
+                accepted="the path of a readable YAML file (or leave it unset)",
+            )
+        ]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return {}, [
+            Problem(
+                pointed,
+                f"YAML config file {str(path)!r} cannot be read: {reason}",
+                accepted="a readable UTF-8 YAML file",
+            )
+        ]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        detail = getattr(exc, "problem", None) or str(exc)
+        return {}, [Problem(where, f"invalid YAML: {detail}", accepted="a YAML mapping")]
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, [
+            Problem(
+                str(path),
+                f"the YAML document is a {type(data).__name__}, not a mapping",
+                accepted="a YAML mapping of setting keys to values",
+            )
+        ]
+    lines = _yaml_line_numbers(text)
+    out: dict[str, tuple[Any, Provenance]] = {}
+    # Unknown keys are not errors: this file is shared with the server, which has its own keys.
+    for key, keys in _BY_YAML.items():
+        if key in data and data[key] is not None:
+            prov = Provenance(SourceKind.YAML, key, str(path), lines.get(key))
+            out[keys.field] = (data[key], prov)
+    return out, []
+
+
+def _override_values(
+    config: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
+) -> tuple[dict[str, tuple[Any, Provenance]], dict[str, tuple[Any, Provenance]], list[Problem]]:
+    adaptor: dict[str, tuple[Any, Provenance]] = {}
+    for key, keys in _BY_ADAPTOR.items():
+        if config is not None and config.get(key) is not None:
+            adaptor[keys.field] = (config[key], Provenance(SourceKind.ADAPTOR, key))
+    explicit: dict[str, tuple[Any, Provenance]] = {}
+    problems = []
+    for name, value in (overrides or {}).items():
+        if name not in _KEYS:
+            close = difflib.get_close_matches(name, list(_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                Problem(
+                    f"keyword override {name!r}",
+                    f"unknown setting{hint}",
+                    accepted="a MarsSettings field name (see `marsconn schema`)",
+                )
+            )
+        elif value is not None:
+            explicit[name] = (value, Provenance(SourceKind.OVERRIDE, name))
+    return explicit, adaptor, problems
+
+
+@dataclass(frozen=True, slots=True)
+class _SourceSet:
+    sources: tuple[_ValuesSource, ...]
+    config_file: Path
+    config_file_provenance: Provenance
+    env_file: Path | None
+    warnings: tuple[str, ...]
+
+
+def _build_sources_full(
+    settings_cls: type[BaseSettings],
+    *,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    env_file: str | os.PathLike[str] | None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> tuple[_SourceSet, list[Problem]]:
+    problems: list[Problem] = []
+    warnings = _near_miss_warnings(sorted(env), "environment variable")
+    explicit, adaptor, override_problems = _override_values(config, overrides)
+    problems += override_problems
+    env_values = _env_values(env, SourceKind.ENV, None, {})
+
+    dotenv_raw: dict[str, str] = {}
+    dotenv_values: dict[str, tuple[Any, Provenance]] = {}
+    env_path = Path(env_file) if env_file is not None else None
+    if env_path is not None:
+        dotenv_raw, lines, dotenv_problems = _read_dotenv(env_path)
+        problems += dotenv_problems
+        dotenv_values = _env_values(dotenv_raw, SourceKind.DOTENV, str(env_path), lines)
+        warnings += _near_miss_warnings(sorted(dotenv_raw), f"{env_path}:")
+
+    yaml_prov: Provenance | None
+    if config_file is not None:
+        yaml_path, yaml_prov = Path(config_file), Provenance(SourceKind.OVERRIDE, "config_file")
+    elif env.get(CONFIG_FILE_VAR, "").strip():
+        yaml_path = Path(env[CONFIG_FILE_VAR].strip())
+        yaml_prov = Provenance(SourceKind.ENV, CONFIG_FILE_VAR)
+    elif dotenv_raw.get(CONFIG_FILE_VAR, "").strip():
+        yaml_path = Path(dotenv_raw[CONFIG_FILE_VAR].strip())
+        yaml_prov = Provenance(SourceKind.DOTENV, CONFIG_FILE_VAR, str(env_path))
+    else:
+        yaml_path, yaml_prov = Path(DEFAULT_CONFIG_FILE), None
+    yaml_values, yaml_problems = _read_yaml(yaml_path, yaml_prov)
+    problems += yaml_problems
+
+    sources = tuple(
+        _ValuesSource(settings_cls, values)
+        for values in (explicit, adaptor, env_values, dotenv_values, yaml_values)
+    )
+    source_set = _SourceSet(
+        sources,
+        yaml_path,
+        yaml_prov or Provenance(SourceKind.DEFAULT, CONFIG_FILE_VAR),
+        env_path,
+        tuple(warnings),
+    )
+    return source_set, problems
+
+
+def _build_sources(
+    settings_cls: type[BaseSettings],
+    *,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    env_file: str | os.PathLike[str] | None,
+) -> tuple[tuple[_ValuesSource, ...], list[Problem]]:
+    source_set, problems = _build_sources_full(
+        settings_cls, env=env, overrides=overrides, config=config, env_file=env_file
+    )
+    return source_set.sources, problems
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Validated settings plus where each effective value came from."""
+
+    settings: MarsSettings
+    provenance: Mapping[str, Provenance]
+    config_file: Path
+    config_file_provenance: Provenance
+    env_file: Path | None
+    warnings: tuple[str, ...]
+
+    def where(self, field: str) -> str:
+        """Describe the source of ``field`` for messages."""
+        return self.provenance[field].describe()
+
+
+def _redact(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    # Hide credentials in anything URL-shaped: scheme://user:password@host.
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+
+
+def _problem_for(error: Mapping[str, Any], provenance: Mapping[str, Provenance]) -> Problem:
+    loc = error["loc"]
+    field = str(loc[0]) if loc else "?"
+    keys = _KEYS.get(field)
+    where = provenance[field].describe() if field in provenance else field
+    if len(loc) > 1:
+        where += f" item {loc[1]}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message and message[0].isupper():
+        message = message[0].lower() + message[1:]
+    return Problem(
+        where,
+        message,
+        value=_redact(error.get("input")),
+        accepted=keys.accepted if keys else None,
+    )
+
+
+def _load(
+    config: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[LoadedSettings, list[Problem]]:
+    """Load settings, returning every problem instead of raising.
+
+    Invalid values fall back to their defaults in the returned settings, so
+    that later checks (server lists, mode) can still report their own
+    problems in the same error.
+    """
+    source_set, problems = _build_sources_full(
+        MarsSettings,
+        env=os.environ if env is None else env,
+        overrides=overrides,
+        config=config,
+        env_file=env_file,
+        config_file=config_file,
+    )
+    merged: dict[str, Any] = {}
+    provenance: dict[str, Provenance] = {}
+    # Highest precedence first: the first source that has a key wins, as in pydantic-settings.
+    for source in source_set.sources:
+        for name, (value, prov) in source.values.items():
+            if name not in merged:
+                merged[name] = value
+                provenance[name] = prov
+    for name in _KEYS:
+        provenance.setdefault(name, Provenance(SourceKind.DEFAULT, name))
+    try:
+        settings = MarsSettings.model_validate(merged)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        problems += [_problem_for(e, provenance) for e in errors]
+        bad = {str(e["loc"][0]) for e in errors if e["loc"]}
+        for name in bad:
+            merged.pop(name, None)
+            provenance[name] = Provenance(SourceKind.DEFAULT, name)
+        settings = MarsSettings.model_validate(merged)
+    loaded = LoadedSettings(
+        settings,
+        provenance,
+        source_set.config_file,
+        source_set.config_file_provenance,
+        source_set.env_file,
+        source_set.warnings,
+    )
+    return loaded, problems
+
+
+def load_settings(
+    config: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Merge every source into validated :class:`MarsSettings`.
+
+    ``config`` is the adaptor's per-dataset config; ``env`` replaces
+    ``os.environ`` (which is then never read); ``env_file`` names a dotenv
+    file; ``config_file`` replaces ``MARS_CONFIG_FILE``; ``overrides`` sets
+    fields by name. Raises :class:`~marsconn.errors.ConfigError` listing
+    every problem.
+    """
+    loaded, problems = _load(
+        config, env=env, env_file=env_file, config_file=config_file, overrides=overrides
+    )
+    if problems:
+        raise ConfigError(problems)
+    return loaded
