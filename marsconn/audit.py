@@ -207,9 +207,7 @@ def emit(record: AuditEvent, logger: AuditLogger | None = None) -> None:
     method(record.EVENT, **record.fields())
 
 
-def configure(
-    *, json: bool = False, stream: TextIO | None = None, level: str = "info"
-) -> None:
+def configure(*, json: bool = False, stream: TextIO | None = None, level: str = "info") -> None:
     """Configure structlog globally for an application that has no setup of its own.
 
     Events are written one per line to ``stream`` (default stderr), as JSON

@@ -284,9 +284,12 @@ def _environ(args: argparse.Namespace) -> dict[str, Any]:
     if args.environ:
         try:
             with open(args.environ, encoding="utf-8") as fh:
-                environ.update(json.load(fh))
+                data = json.load(fh)
         except (OSError, json.JSONDecodeError) as exc:
             raise _Usage(f"--environ {args.environ}: {exc}") from None
+        if not isinstance(data, dict):
+            raise _Usage(f"--environ {args.environ}: expected a JSON object")
+        environ.update(data)
     return environ
 
 

@@ -72,9 +72,7 @@ class _Printer:
     info = warning = error = _line
 
 
-def _run(
-    title: str, plan: ConnectionPlan, target: Path, trail: _Trail, out: TextIO
-) -> Result:
+def _run(title: str, plan: ConnectionPlan, target: Path, trail: _Trail, out: TextIO) -> Result:
     print(f"\n=== {title} ===", file=out)
     print(plan.explain(), file=out)
     print("\nretrieving (the dead server comes first):", file=out)

@@ -7,7 +7,7 @@ into a :class:`ServerURL`; translation returns a new value.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +20,7 @@ __all__ = [
     "ServerURL",
     "URLError",
     "parse_server_url",
+    "redact",
     "to_websocket",
 ]
 
@@ -28,6 +29,15 @@ WS_SCHEMES = frozenset({"ws", "wss"})
 _WS_FOR = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SPACE = re.compile(r"\s")
+# The shape nearly every deployed server URL has: scheme://dns-name-or-ipv4[:port][/path],
+# no credentials, IPv6, query or fragment. Parsed without urlsplit, which costs
+# several times more; anything else takes the general path.
+_SIMPLE = re.compile(
+    r"(?P<scheme>[A-Za-z]+)://(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~/%!$&'()*+,;=:-]*)?"
+)
+_TOKEN = re.compile(r"[^\s,]+")
 ACCEPTED_URL = "http(s)://host[:port][/path], ws(s)://host[:port][/path], host or host:port"
 
 
@@ -95,10 +105,22 @@ def parse_server_url(text: str) -> ServerURL:
     raw = text.strip()
     if not raw:
         raise URLError("empty server URL")
-    if any(ch.isspace() for ch in raw):
+    if _SPACE.search(raw):
         raise URLError("server URL contains white space")
     if not _HAS_SCHEME.match(raw):
         raw = "http://" + raw
+    simple = _SIMPLE.fullmatch(raw)
+    if simple is not None:
+        scheme, host, port_text, path = simple.group("scheme", "host", "port", "path")
+        port = int(port_text) if port_text is not None else None
+        scheme = scheme.lower()
+        if scheme in _WS_FOR and (port is None or 1 <= port <= 65535):
+            return ServerURL(scheme, host.lower(), port, path or "")
+    return _parse_general(raw)
+
+
+def _parse_general(raw: str) -> ServerURL:
+    """Parse ``raw`` (stripped, white-space free, with a scheme) with urlsplit."""
     try:
         parts = urlsplit(raw)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
@@ -135,7 +157,29 @@ def to_websocket(url: ServerURL, *, pipe_port: int, shares_port: int) -> ServerU
     if url.scheme in WS_SCHEMES:
         return url
     port = shares_port if url.port is None or url.port == pipe_port else url.port
-    return replace(url, scheme=_WS_FOR[url.scheme], port=port)
+    # The constructor rather than dataclasses.replace: this runs once per server
+    # and replace() costs several times more.
+    return ServerURL(_WS_FOR[url.scheme], url.host, port, url.path, url.userinfo)
+
+
+def _redact_token(token: str) -> str:
+    if "@" not in token:
+        return token
+    scheme, sep, rest = token.partition("://")
+    if not sep:
+        scheme, rest = "", token
+    # Up to the last '@': a password may hold '/' or '@' and still must not show.
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that may be URL credentials replaced by ``***``.
+
+    For text that may not parse as a URL (error messages about bad values):
+    in each comma- or space-separated item, everything between the scheme
+    (or the start) and the last ``@`` is hidden.
+    """
+    return _TOKEN.sub(lambda m: _redact_token(m.group()), text)
 
 
 @dataclass(frozen=True, slots=True)

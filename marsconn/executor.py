@@ -27,7 +27,15 @@ from .logs import LineLogger, LogHandler, LogSink
 from .plan import ConnectionPlan, Mode
 from .result import Action, Attempt, Outcome, Result
 
-__all__ = ["REQUIRED_ENVIRON", "Attempt", "Job", "JobContext", "Result", "execute", "execute_async"]
+__all__ = [
+    "REQUIRED_ENVIRON",
+    "Attempt",
+    "Job",
+    "JobContext",
+    "Result",
+    "execute",
+    "execute_async",
+]
 
 #: Keys the servers require in ``environ``.
 REQUIRED_ENVIRON = ("request_id", "user_id", "namespace", "host", "username")
@@ -100,13 +108,19 @@ def _normalise(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
     if isinstance(requests, Mapping):
         reqs = [dict(requests)]
-    else:
-        reqs = [dict(r) for r in requests]
-        if not reqs:
-            raise PreflightError("requests is an empty list; give a request dict or a list of them")
+    elif isinstance(requests, Sequence) and not isinstance(requests, str | bytes):
         bad = [i for i, r in enumerate(requests) if not isinstance(r, Mapping)]
         if bad:
             raise PreflightError(f"requests[{bad[0]}] is not a dict (MARS requests are dicts)")
+        reqs = [dict(r) for r in requests]
+        if not reqs:
+            raise PreflightError(
+                "requests is an empty list; give a request dict or a list of them"
+            )
+    else:
+        raise PreflightError(
+            f"requests is a {type(requests).__name__}; give a request dict or a list of them"
+        )
     missing = [k for k in REQUIRED_ENVIRON if not environ.get(k)]
     if missing:
         raise PreflightError(
@@ -124,20 +138,37 @@ def _normalise(
     return reqs, dict(environ), path
 
 
+@dataclass(slots=True)
+class _Walk:
+    """The engine's progress, owned by the caller so a deadline can still report it."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+    server: str | None = None
+    pass_number: int = 0
+    attempt_started: float = 0.0
+
+
 async def _run_engine(
     plan: ConnectionPlan,
     transport: Transport,
     ctx: JobContext,
     health: ServerHealth,
     audit_logger: audit.AuditLogger | None,
-) -> tuple[Outcome | None, str | None, list[Attempt]]:
+    state: _Walk,
+) -> tuple[Outcome | None, str | None]:
     policy = plan.policy
     request_id = str(ctx.environ["request_id"])
-    attempts: list[Attempt] = []
+    attempts = state.attempts
     last: Outcome | None = None
     order = policy.ordered(plan.endpoints, request_id, ctx.rng)
+
+    def healthy_first() -> list[Endpoint]:
+        return health.reorder(order, key=lambda e: e.url.secret())
+
+    walk = healthy_first()
     for pass_index in range(policy.max_passes):
-        walk = health.reorder(order, key=lambda e: e.url.secret())
+        state.pass_number = pass_index + 1
+        next_walk = walk
         for position, endpoint in enumerate(walk):
             server = endpoint.url.display()
             same_host = 0
@@ -148,8 +179,8 @@ async def _run_engine(
                     ),
                     audit_logger,
                 )
-                ctx.job.server = server
-                started = time.perf_counter()
+                ctx.job.server = state.server = server
+                started = state.attempt_started = time.perf_counter()
                 outcome = await transport.attempt(endpoint, ctx)
                 duration = time.perf_counter() - started
                 last = outcome
@@ -178,7 +209,7 @@ async def _run_engine(
                         ),
                         audit_logger,
                     )
-                    return outcome, server, attempts
+                    return outcome, server
                 retry_here = (
                     outcome.action is Action.SAME_SERVER and same_host < policy.same_host_retries
                 )
@@ -209,23 +240,27 @@ async def _run_engine(
                         audit_logger,
                     )
                 if outcome.action is Action.FINAL:
-                    return outcome, None, attempts
+                    return outcome, None
                 if not retry_here:
                     break
                 same_host += 1
                 await asyncio.sleep(policy.backoff(same_host - 1, ctx.rng))
             last_of_pass = position == len(walk) - 1
-            final_pass = pass_index == policy.max_passes - 1
-            if last_of_pass and final_pass:
+            if last_of_pass and pass_index == policy.max_passes - 1:
                 break
-            sleep = policy.backoff(pass_index, ctx.rng) if last_of_pass else 0.0
-            nxt = walk[position + 1].url.display() if not last_of_pass else walk[0].url.display()
+            if last_of_pass:
+                # The next pass starts from a fresh health order: name the server it will
+                # really try first.
+                next_walk = healthy_first()
+                nxt, sleep = next_walk[0], policy.backoff(pass_index, ctx.rng)
+            else:
+                nxt, sleep = walk[position + 1], 0.0
             audit.emit(
                 audit.Failover(
                     request_id,
                     plan.mode.value,
                     server,
-                    nxt,
+                    nxt.url.display(),
                     last.error_class or "unknown",
                     sleep,
                 ),
@@ -233,7 +268,8 @@ async def _run_engine(
             )
             if sleep:
                 await asyncio.sleep(sleep)
-    return last, None, attempts
+        walk = next_walk
+    return last, None
 
 
 async def execute_async(
@@ -271,21 +307,32 @@ async def execute_async(
     registry = health if health is not None else default_health()
     deadline = plan.timeouts.job_deadline
     succeeded = False
+    state = _Walk()
     try:
         async with asyncio.timeout(deadline):
-            outcome, server, attempts = await _run_engine(
-                plan, transport, ctx, registry, audit_logger
+            outcome, server = await _run_engine(
+                plan, transport, ctx, registry, audit_logger, state
             )
         succeeded = outcome is not None and outcome.action is Action.SUCCESS
     except TimeoutError:
-        outcome = Outcome.failed(
-            Action.FINAL,
-            "job_deadline",
-            JobKilledError(f"job deadline of {deadline:g}s exceeded; the job was stopped"),
-        )
-        server, attempts = None, []
+        expired = JobKilledError(f"job deadline of {deadline:g}s exceeded; the job was stopped")
+        outcome = Outcome.failed(Action.FINAL, "job_deadline", expired)
+        server = None
+        if state.server is not None:
+            state.attempts.append(
+                Attempt(
+                    state.server,
+                    Action.FINAL.value,
+                    "job_deadline",
+                    str(expired),
+                    time.perf_counter() - state.attempt_started,
+                    state.pass_number,
+                    ctx.job.job_id,
+                )
+            )
     finally:
         await asyncio.shield(transport.cleanup(ctx, succeeded))
+    attempts = state.attempts
     sink.close()
     error: BaseException | None
     if outcome is not None and outcome.action is Action.SUCCESS:

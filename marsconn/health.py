@@ -39,7 +39,8 @@ class ServerHealth:
     def restore(self, server: str) -> bool:
         """Forget an ejection after the server answered; True if it was ejected."""
         with self._lock:
-            return self._ejected_until.pop(server, None) is not None
+            until = self._ejected_until.pop(server, None)
+            return until is not None and until > self._clock()
 
     def is_ejected(self, server: str) -> bool:
         """Whether ``server`` is inside its cooldown now."""

@@ -76,9 +76,7 @@ class Heartbeat:
 Event = Started | LogLine | Heartbeat
 
 
-def start_message(
-    requests: list[dict[str, Any]], environ: dict[str, Any], target: str
-) -> str:
+def start_message(requests: list[dict[str, Any]], environ: dict[str, Any], target: str) -> str:
     """The ``start`` command as JSON text."""
     return json.dumps({"cmd": "start", "requests": requests, "environ": environ, "target": target})
 
@@ -111,7 +109,7 @@ class WsJobMachine:
         """Interpret one server message: an event, or the outcome for a terminal one."""
         try:
             msg = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             return self._violation(f"invalid JSON from server: {_preview(data)}")
         if not isinstance(msg, dict):
             return self._violation(f"server message is not a JSON object: {_preview(data)}")
@@ -216,6 +214,8 @@ class WsJobMachine:
 
     def silent(self, seconds: float) -> Outcome:
         """Nothing arrived for ``seconds``: the server is presumed dead."""
+        if self.outcome is not None:
+            return self.outcome
         if self.phase is JobPhase.SENT:
             error_class = "start_timeout"
             text = f"{self.server} did not start the job within {seconds:g}s"

@@ -23,22 +23,46 @@ __all__ = ["ERROR_CAP", "LineLogger", "LogHandler", "LogSink", "classify_line"]
 #: Error lines kept at most, whatever the log's size.
 ERROR_CAP = 10_000
 
-_LEVEL = re.compile(
-    r"(?P<error>\b(?:ERROR|FATAL|FAILED|Exception|Traceback)\b)"
-    r"|(?P<warning>\bWARN(?:ING)?\b)"
-    r"|(?P<progress>Transferr?ing|Retrieving|Request (?:is|has been) (?:queued|sent|scheduled)"
-    r"|Processing|\bin \d+ seconds\b|\d+(?:\.\d+)?%|\d+ (?:bytes|fields?)\b)",
-    re.IGNORECASE,
+# Checked in this order: a line that mentions an error anywhere is an error,
+# even when it starts like an INFO line.
+_LEVELS = (
+    ("error", re.compile(r"\b(?:ERROR|FATAL|FAILED|Exception|Traceback)\b", re.IGNORECASE)),
+    ("warning", re.compile(r"\bWARN(?:ING)?\b", re.IGNORECASE)),
+    (
+        "info",
+        re.compile(
+            r"Transferr?ing|Retrieving|Request (?:is|has been) (?:queued|sent|scheduled)"
+            r"|Processing|\bin \d+ seconds\b|\d+(?:\.\d+)?%|\d+ (?:bytes|fields?)\b",
+            re.IGNORECASE,
+        ),
+    ),
 )
+
+# Every match of _LEVELS contains one of these, lower-cased. Most MARS lines are
+# noise that contains none of them; for an ASCII line (where IGNORECASE is
+# plain ASCII case folding) a few substring searches prove it, several times
+# faster than a failed regex search, which tries every alternative at every
+# position. Keep this in step with _LEVELS.
+_NEEDLES = (
+    "error", "fatal", "failed", "exception", "traceback",  # error
+    "warn",  # warning
+    "transfer", "retrieving", "request", "processing", "seconds", "%", "bytes", "field",
+)  # fmt: skip
 
 
 def classify_line(line: str) -> str | None:
     """``error``, ``warning`` or ``info`` for a line worth showing; None for noise."""
-    match = _LEVEL.search(line)
-    if match is None:
-        return None
-    kind = match.lastgroup
-    return "info" if kind == "progress" else kind
+    if line.isascii():
+        lowered = line.lower()
+        for needle in _NEEDLES:
+            if needle in lowered:
+                break
+        else:
+            return None
+    for level, pattern in _LEVELS:
+        if pattern.search(line):
+            return level
+    return None
 
 
 class LineLogger(Protocol):
@@ -52,7 +76,7 @@ class LineLogger(Protocol):
 
 
 #: ``handler(line, job, logger) -> shown line or None``, sync or async.
-LogHandler = Callable[[str, Any, Any], "str | None | Awaitable[str | None]"]
+LogHandler = Callable[[str, Any, Any], "str | Awaitable[str | None] | None"]
 
 
 class LogSink:
@@ -117,6 +141,7 @@ class LogSink:
                 raise LogHandlerError(f"log handler raised {type(exc).__name__}: {exc}") from exc
             if shown is None:
                 if level == "error":
+                    self._flush_repeats()
                     self._keep(line, "error")
                 return
             line = str(shown)

@@ -22,6 +22,7 @@ from .endpoints import (
     ServerURL,
     URLError,
     parse_server_url,
+    redact,
     to_websocket,
 )
 from .errors import ConfigError, Problem
@@ -137,12 +138,24 @@ class LogPolicy:
     keep_lines: int = 2000
 
 
+_KIND_RANK = {kind: rank for rank, kind in enumerate(SourceKind)}
+#: Settings whose values are server URLs, which may carry credentials.
+_URL_SETTINGS = frozenset({"servers", "ws_servers"})
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A setting's value as JSON-ready data, credentials in server URLs redacted."""
+    if name in _URL_SETTINGS and isinstance(value, list | tuple):
+        return [redact(v) if isinstance(v, str) else v for v in value]
+    return _jsonable(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +194,17 @@ class ConnectionPlan:
     @property
     def sources(self) -> list[str]:
         """Distinct places that contributed a non-default value, in precedence order."""
-        seen: dict[str, None] = {}
-        provs = [p for _, _, p in self.settings] + [e.provenance for e in self.endpoints]
-        for prov in sorted(provs, key=lambda p: list(SourceKind).index(p.kind)):
-            if prov.kind is SourceKind.DEFAULT:
-                continue
-            label = prov.kind.value + (f":{prov.file}" if prov.file else "")
-            seen[label] = None
-        return list(seen)
+        # dict, not set: within one kind, places keep the order they were first seen in.
+        places = dict.fromkeys((p.kind, p.file) for _, _, p in self.settings)
+        places.update(
+            dict.fromkeys((e.provenance.kind, e.provenance.file) for e in self.endpoints)
+        )
+        ordered = sorted(places, key=lambda place: _KIND_RANK[place[0]])
+        return [
+            kind.value + (f":{file}" if file else "")
+            for kind, file in ordered
+            if kind is not SourceKind.DEFAULT
+        ]
 
     def effective(self) -> dict[str, Any]:
         """The behaviour-defining part of the plan; what the fingerprint covers."""
@@ -223,7 +239,7 @@ class ConnectionPlan:
             "ca_bundle": self.ca_bundle,
             "warnings": list(self.warnings),
             "settings": {
-                name: {"value": _jsonable(value), "source": prov.describe()}
+                name: {"value": _shown(name, value), "source": prov.describe()}
                 for name, value, prov in self.settings
             },
             "sources": self.sources,
@@ -334,7 +350,8 @@ def _decide(s: MarsSettings, cap: Capability | None) -> tuple[Mode, Reason, str]
 
 _REMEDY = {
     Reason.SERVER_PACKAGE_MISSING: "install cads-mars-server >= {req} on this worker, "
-    "or declare the servers' version with --assume-server-version",
+    "or declare the servers' version (resolve_plan(server_version=...), "
+    "marsconn --assume-server-version)",
     Reason.SERVER_PACKAGE_TOO_OLD: "upgrade cads-mars-server to >= {req}",
     Reason.SERVER_VERSION_UNPARSABLE: "install a released cads-mars-server >= {req}",
 }
@@ -347,38 +364,87 @@ class _ServerSearch:
     looked: list[str] = field(default_factory=list)
 
 
-def _listed_pipe_servers(
-    loaded: LoadedSettings, list_files: Sequence[str], search: _ServerSearch
-) -> tuple[list[ListedServer], list[Problem], bool]:
-    """Pipe-server entries from the highest-precedence source that has any.
+@dataclass
+class _Selected:
+    """The server entries of the one source that supplies them, and which setting that is."""
 
-    Returns the entries, problems, and whether they came from the adaptor.
+    entries: list[ListedServer] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    setting: str | None = None  # the MarsSettings field, or None for a default list file
+    direct_ws: bool = False  # the entries name WebSocket servers (MARS_WS_SERVERS)
+
+
+def _read_listed(path: Path, pointed_by: str, search: _ServerSearch) -> _Selected:
+    entries, problems = read_list_file(path, pointed_by)
+    if not entries and not problems:
+        search.looked.append(f"{path} (no servers in it)")
+    return _Selected(entries, problems)
+
+
+def _select_servers(
+    loaded: LoadedSettings, mode: Mode, list_files: Sequence[str], search: _ServerSearch
+) -> tuple[_Selected, list[str]]:
+    """The server entries from the highest-precedence source that is set.
+
+    Order: the adaptor's ``mars_servers``, the adaptor's ``mars_server_list``,
+    in WebSocket mode ``MARS_WS_SERVERS``, ``MARS_API_SERVER_LIST``, then the
+    first default list file that exists. Only the chosen source is read; an
+    explicit list path of a lower source that does not exist is a warning.
     """
     s, prov = loaded.settings, loaded.provenance
+    chosen: _Selected | None = None
     if s.servers is not None:
         entries, problems = split_inline_list(s.servers, prov["servers"])
         search.looked.append(f"{prov['servers'].describe()} (empty)")
-        return entries, problems, True
-    search.looked.append("adaptor config key 'mars_servers' (unset)")
-    for name in ("server_list", "api_server_list"):
-        path = getattr(s, name)
-        if path is not None:
-            entries, problems = read_list_file(Path(path), prov[name].describe())
-            if not entries and not problems:
-                search.looked.append(f"{path} (no servers in it)")
-            return entries, problems, name == "server_list"
-        label = {"server_list": "adaptor config key 'mars_server_list'"}.get(
-            name, "MARS_API_SERVER_LIST"
-        )
-        search.looked.append(f"{label} (unset)")
-    for candidate in list_files:
-        if os.path.exists(candidate):
-            entries, problems = read_list_file(Path(candidate), f"default list file {candidate}")
-            if not entries and not problems:
-                search.looked.append(f"{candidate} (no servers in it)")
-            return entries, problems, False
-        search.looked.append(f"{candidate} (absent)")
-    return [], [], False
+        chosen = _Selected(entries, problems, "servers")
+    else:
+        search.looked.append("adaptor config key 'mars_servers' (unset)")
+    if chosen is None:
+        if s.server_list is not None:
+            chosen = _read_listed(s.server_list, prov["server_list"].describe(), search)
+            chosen.setting = "server_list"
+        else:
+            search.looked.append("adaptor config key 'mars_server_list' (unset)")
+    if chosen is None and mode is Mode.WEBSOCKET:
+        if s.ws_servers:
+            entries, problems = split_inline_list(s.ws_servers, prov["ws_servers"])
+            chosen = _Selected(entries, problems, "ws_servers", direct_ws=True)
+        else:
+            search.looked.append(
+                f"{prov['ws_servers'].describe()} (empty)"
+                if s.ws_servers is not None
+                else "MARS_WS_SERVERS (unset)"
+            )
+    if chosen is None:
+        if s.api_server_list is not None:
+            chosen = _read_listed(s.api_server_list, prov["api_server_list"].describe(), search)
+            chosen.setting = "api_server_list"
+        else:
+            search.looked.append("MARS_API_SERVER_LIST (unset)")
+    if chosen is None:
+        for candidate in list_files:
+            if os.path.exists(candidate):
+                chosen = _read_listed(Path(candidate), f"default list file {candidate}", search)
+                break
+            search.looked.append(f"{candidate} (absent)")
+        else:
+            return _Selected(), []
+
+    warnings = []
+    # Default list files are only consulted when no list path is set, so any
+    # list path set but not chosen ranks below a chosen setting. One pointing
+    # at nothing is a deployment mistake waiting to bite when the setting above
+    # it is removed.
+    if chosen.setting is not None:
+        winner = prov[chosen.setting].describe()
+        for name in ("server_list", "api_server_list"):
+            path = getattr(s, name)
+            if path is not None and name != chosen.setting and not os.path.exists(path):
+                warnings.append(
+                    f"{prov[name].describe()} names {str(path)!r}, which does not exist; "
+                    f"it is not used because {winner} takes precedence"
+                )
+    return chosen, warnings
 
 
 def _parse_entries(
@@ -387,21 +453,18 @@ def _parse_entries(
     endpoints: list[Endpoint] = []
     problems: list[Problem] = []
     warnings: list[str] = []
-    first_seen: dict[str, Endpoint] = {}
+    first_seen: dict[ServerURL, Endpoint] = {}
+    websocket = mode is Mode.WEBSOCKET
     for entry in entries:
         try:
             url = parse_server_url(entry.text)
         except URLError as exc:
-            redacted = entry.text
-            if "@" in redacted:
-                scheme, _, rest = redacted.rpartition("://")
-                redacted = (scheme + "://" if scheme else "") + "***@" + rest.rpartition("@")[2]
             problems.append(
-                Problem(entry.provenance.describe(), str(exc), redacted, ACCEPTED_URL)
+                Problem(entry.provenance.describe(), str(exc), redact(entry.text), ACCEPTED_URL)
             )
             continue
         derived: ServerURL | None = None
-        if mode is Mode.WEBSOCKET:
+        if websocket:
             ws = to_websocket(url, pipe_port=s.pipe_port, shares_port=s.shares_port)
             derived, url = (None if direct_ws or ws == url else url), ws
         elif url.scheme not in PIPE_SCHEMES:
@@ -415,7 +478,8 @@ def _parse_entries(
             )
             continue
         endpoint = Endpoint(url, entry.provenance, derived)
-        key = url.secret()
+        # ServerURL is a frozen value: equal fields (credentials included), same server.
+        key = url
         if key in first_seen:
             warnings.append(
                 f"duplicate server {url.display()} at {entry.provenance.describe()} dropped "
@@ -432,16 +496,10 @@ def _endpoints(
 ) -> tuple[tuple[Endpoint, ...], list[Problem], list[str]]:
     s, prov = loaded.settings, loaded.provenance
     search = _ServerSearch()
-    entries, problems, from_adaptor = _listed_pipe_servers(loaded, list_files, search)
-    direct_ws = False
-    if mode is Mode.WEBSOCKET and not from_adaptor and s.ws_servers is not None:
-        # MARS_WS_SERVERS names the WebSocket servers directly; the adaptor's own
-        # servers still win, as adaptor config has the highest precedence.
-        ws_entries, ws_problems = split_inline_list(s.ws_servers, prov["ws_servers"])
-        if ws_entries or ws_problems:
-            entries, problems, direct_ws = ws_entries, ws_problems, True
-    endpoints, parse_problems, warnings = _parse_entries(entries, mode, s, direct_ws)
-    problems += parse_problems
+    chosen, warnings = _select_servers(loaded, mode, list_files, search)
+    endpoints, problems, parse_warnings = _parse_entries(chosen.entries, mode, s, chosen.direct_ws)
+    problems = chosen.problems + problems
+    warnings += parse_warnings
     if not endpoints and not problems:
         hint = ""
         if mode is Mode.PIPE and s.ws_servers:
@@ -564,7 +622,9 @@ def resolve_plan(
                 mode=plan.mode.value,
                 reason=plan.reason.value,
                 detail=plan.reason_text,
-                remedy=_REMEDY[plan.reason].format(req=plan.required_version),
+                remedy=_REMEDY[plan.reason].format(req=plan.required_version)
+                + f"; or set use_shares to false ({loaded.where('use_shares')}) "
+                "to choose pipe mode deliberately",
                 server_version=plan.server_version,
                 required_version=plan.required_version,
             ),

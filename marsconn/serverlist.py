@@ -29,6 +29,8 @@ class ListedServer:
 def _strip_comment(line: str) -> str:
     # A '#' starts a comment at the start of a line or after white space;
     # elsewhere it is part of the text (and URL parsing rejects fragments).
+    if "#" not in line:
+        return line
     for i, ch in enumerate(line):
         if ch == "#" and (i == 0 or line[i - 1].isspace()):
             return line[:i]
@@ -61,21 +63,23 @@ def read_list_file(path: Path, pointed_by: str) -> tuple[list[ListedServer], lis
             )
         ]
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: editors on some platforms start the file with a byte-order mark.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return [], [
             Problem(
-                f"{path}",
-                f"server-list file is not UTF-8 text (byte {exc.start})",
+                pointed_by,
+                f"server-list file {str(path)!r} is not UTF-8 text (byte {exc.start})",
                 accepted="a text file with one server URL per line",
             )
         ]
     entries = []
+    file = str(path)
     for number, line in enumerate(text.splitlines(), start=1):
         item = _strip_comment(line).strip()
         if item:
             entries.append(
-                ListedServer(item, Provenance(SourceKind.LIST_FILE, "server", str(path), number))
+                ListedServer(item, Provenance(SourceKind.LIST_FILE, "server", file, number))
             )
     return entries, []
 

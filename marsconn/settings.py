@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from packaging.version import InvalidVersion, Version
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .endpoints import redact
 from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
 
@@ -45,6 +45,10 @@ __all__ = [
 DEFAULT_CONFIG_FILE = "/etc/cads-mars-server.yaml"
 CONFIG_FILE_VAR = "MARS_CONFIG_FILE"
 _NONE_WORDS = frozenset({"none", "null"})
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+# A whole value that is one bracketed IPv6 literal, e.g. "[fd00::5]": a server, not a list.
+_IPV6_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$")
 
 _BOOL = "true/false, 1/0, yes/no, on/off (any case)"
 _PORT = "a whole number from 1 to 65535"
@@ -81,7 +85,11 @@ class MarsSettings(BaseSettings):
     (or :func:`marsconn.resolve_plan`) with explicit inputs instead.
     """
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+    # allow_inf_nan=False: "inf" or "1e400" seconds would pass the range checks and
+    # then make the plan's JSON invalid (json.dumps writes Infinity).
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     use_shares: bool = _setting(
         False,
@@ -308,16 +316,33 @@ class MarsSettings(BaseSettings):
         added=True,
     )
 
+    @field_validator("use_shares", "force_websocket_mode", "client_filter_logs", mode="before")
+    @classmethod
+    def _bool_words(cls, value: Any) -> Any:
+        # Only the documented spellings: pydantic alone would also take t/f/y/n,
+        # and a typo such as "ture" must be an error, never a silent false.
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+            raise ValueError("not a boolean")
+        return value
+
     @field_validator("servers", "ws_servers", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
-            if text.startswith("["):
+            # "[a, b]" is a YAML/JSON list; "[fd00::5]:9001,..." and "[fd00::5]" are servers.
+            if text.startswith("[") and text.endswith("]") and not _IPV6_LITERAL.match(text):
+                import yaml
+
                 try:
                     return yaml.safe_load(text)
                 except yaml.YAMLError:
-                    return value
+                    return value  # reported by validation as "not a valid list"
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
@@ -448,13 +473,17 @@ def _read_dotenv(path: Path) -> tuple[dict[str, str], dict[str, int], list[Probl
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return {}, {}, [
-            Problem(
-                f"dotenv file {str(path)!r}",
-                f"cannot be read: {exc.strerror or exc}",
-                accepted="a readable file of VAR=value lines",
-            )
-        ]
+        return (
+            {},
+            {},
+            [
+                Problem(
+                    f"dotenv file {str(path)!r}",
+                    f"cannot be read: {exc.strerror or exc}",
+                    accepted="a readable file of VAR=value lines",
+                )
+            ],
+        )
     lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         match = _DOTENV_KEY.match(line)
@@ -464,16 +493,17 @@ def _read_dotenv(path: Path) -> tuple[dict[str, str], dict[str, int], list[Probl
     return values, lines, []
 
 
-def _yaml_line_numbers(text: str) -> dict[str, int]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {
-        str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)
-    }
+def _yaml_problem(path: Path, exc: Exception) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    if problem is None:  # errors without a mark, e.g. a control character
+        detail = " ".join(str(exc).split())
+    elif context and not context.startswith("while"):
+        detail = f"{context} {problem}"  # "expected a single document ... but found another"
+    else:
+        detail = problem
+    return Problem(where, f"invalid YAML: {detail}", accepted="a YAML mapping")
 
 
 def _read_yaml(
@@ -501,16 +531,24 @@ def _read_yaml(
                 accepted="a readable UTF-8 YAML file",
             )
         ]
+    # Imported here: most workers have no YAML file, and importing yaml costs ~10 ms.
+    import yaml
+
+    # yaml.safe_load in steps, so that the node tree gives each key's line number.
     try:
-        data = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)  # checks every character up front
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        detail = getattr(exc, "problem", None) or str(exc)
-        return {}, [Problem(where, f"invalid YAML: {detail}", accepted="a YAML mapping")]
+        return {}, [_yaml_problem(path, exc)]
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        return {}, [_yaml_problem(path, exc)]
+    finally:
+        loader.dispose()
     if data is None:
         return {}, []
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         return {}, [
             Problem(
                 str(path),
@@ -518,7 +556,7 @@ def _read_yaml(
                 accepted="a YAML mapping of setting keys to values",
             )
         ]
-    lines = _yaml_line_numbers(text)
+    lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
     out: dict[str, tuple[Any, Provenance]] = {}
     # Unknown keys are not errors: this file is shared with the server, which has its own keys.
     for key, keys in _BY_YAML.items():
@@ -645,9 +683,18 @@ class LoadedSettings:
 
 
 def _redact(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    # Hide credentials in anything URL-shaped: scheme://user:password@host.
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+    return redact(value if isinstance(value, str) else repr(value))
+
+
+def _validated(values: Mapping[str, Any]) -> MarsSettings:
+    # MarsSettings(**values) and MarsSettings.model_validate(values) both run
+    # BaseSettings.__init__, which consults the class's own sources (os.environ,
+    # the default YAML file) for every field missing from ``values``. The values
+    # here are already merged from the caller's sources, so validate them as
+    # the plain model they are.
+    settings = MarsSettings.__new__(MarsSettings)
+    BaseModel.__init__(settings, **values)
+    return settings
 
 
 def _problem_for(error: Mapping[str, Any], provenance: Mapping[str, Provenance]) -> Problem:
@@ -701,7 +748,7 @@ def _load(
     for name in _KEYS:
         provenance.setdefault(name, Provenance(SourceKind.DEFAULT, name))
     try:
-        settings = MarsSettings.model_validate(merged)
+        settings = _validated(merged)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         problems += [_problem_for(e, provenance) for e in errors]
@@ -709,7 +756,7 @@ def _load(
         for name in bad:
             merged.pop(name, None)
             provenance[name] = Provenance(SourceKind.DEFAULT, name)
-        settings = MarsSettings.model_validate(merged)
+        settings = _validated(merged)
     loaded = LoadedSettings(
         settings,
         provenance,

@@ -184,13 +184,13 @@ class WebSocketTransport:
         deadline = loop.time() + settle
         delay = 0.01
         size = _size(output)
-        while not size and loop.time() < deadline:
+        while size <= 0 and loop.time() < deadline:
             # The server fsyncs only after replying, so the file may show up late.
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.25)
             size = _size(output)
-        if not size:
-            state = "empty" if output.exists() else "missing"
+        if size <= 0:
+            state = "empty" if size == 0 else "missing"
             return Outcome.failed(
                 Action.FINAL,
                 "target_missing",
@@ -206,7 +206,8 @@ class WebSocketTransport:
 
 
 def _size(path: Path) -> int:
+    """The file's size, or -1 when it does not exist."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
-        return 0
+        return -1

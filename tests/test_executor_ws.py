@@ -105,7 +105,9 @@ async def test_refused_servers_are_skipped_without_sleep(
 async def test_dns_failure_moves_on(mars_ws_server, ws_plan, mars_environ, mars_target) -> None:
     # A label starting with '-' is rejected by the resolver locally: no query leaves the host.
     result = await run(
-        ws_plan(["ws://-no-such-host-.invalid:9001", mars_ws_server.url]), mars_environ, mars_target
+        ws_plan(["ws://-no-such-host-.invalid:9001", mars_ws_server.url]),
+        mars_environ,
+        mars_target,
     )
     assert result.ok
     assert classes(result) == ["dns_failure", None]
@@ -164,7 +166,9 @@ async def test_start_not_acknowledged_in_time_moves_on(
 ) -> None:
     slow = mars_ws_server_factory(MarsScript(start_delay=2))
     good = mars_ws_server_factory()
-    result = await run(ws_plan([slow.url, good.url], request_timeout=0.3), mars_environ, mars_target)
+    result = await run(
+        ws_plan([slow.url, good.url], request_timeout=0.3), mars_environ, mars_target
+    )
     assert result.ok
     assert classes(result) == ["start_timeout", None]
 
@@ -221,7 +225,9 @@ async def test_mars_rejection_is_final_and_never_repeated(
         MarsScript(log_lines=["mars - ERROR - no data"], returncode=1)
     )
     other = mars_ws_server_factory()
-    result = await run(ws_plan([rejecting.url, other.url], max_retries=10), mars_environ, mars_target)
+    result = await run(
+        ws_plan([rejecting.url, other.url], max_retries=10), mars_environ, mars_target
+    )
     assert isinstance(result.error, MarsRequestError)
     assert result.error.returncode == 1
     assert classes(result) == ["mars_rejected"]
@@ -246,8 +252,9 @@ async def test_kill_from_log_handler_is_final(
             job.kill()
         return line
 
-    result = await run(ws_plan([server.url, other.url]), mars_environ, mars_target,
-                       log_handler=handler)
+    result = await run(
+        ws_plan([server.url, other.url]), mars_environ, mars_target, log_handler=handler
+    )
     assert isinstance(result.error, JobKilledError)
     assert classes(result) == ["killed"]
     assert other.jobs == []
@@ -285,7 +292,8 @@ async def test_passes_are_bounded_with_backoff_between_them(
     assert [a.pass_number for a in result.attempts] == [1, 1, 2, 2, 3, 3]
     sleeps = [e["sleep"] for e in events if e["event"] == "marsconn.failover"]
     # Within a pass: no sleep. Between passes: backoff (0.01, then 0.02, plus jitter).
-    assert sleeps[0] == 0 and sleeps[2] == 0
+    assert sleeps[0] == 0
+    assert sleeps[2] == 0
     assert 0.01 <= sleeps[1] <= 0.015
     assert 0.02 <= sleeps[3] <= 0.03
     assert len(sleeps) == 5
@@ -320,8 +328,9 @@ async def test_missing_output_is_a_final_error(
 ) -> None:
     server = mars_ws_server_factory(MarsScript(write_file=False))
     other = mars_ws_server_factory()
-    result = await run(ws_plan([server.url, other.url], target_settle_time=0.2), mars_environ,
-                       mars_target)
+    result = await run(
+        ws_plan([server.url, other.url], target_settle_time=0.2), mars_environ, mars_target
+    )
     assert isinstance(result.error, TargetError)
     assert "missing" in str(result.error)
     assert other.jobs == []
@@ -378,8 +387,9 @@ async def test_log_lines_reach_logger_and_message_is_bounded(
     server = mars_ws_server_factory(MarsScript(log_lines=lines))
     logger = logging.getLogger("adaptor")
     with caplog.at_level(logging.INFO, logger="adaptor"):
-        result = await run(ws_plan([server.url], log_keep_lines=50), mars_environ, mars_target,
-                           logger=logger)
+        result = await run(
+            ws_plan([server.url], log_keep_lines=50), mars_environ, mars_target, logger=logger
+        )
     assert result.ok
     kept = result.message.splitlines()
     assert len(kept) == 51
@@ -513,8 +523,9 @@ async def test_sync_execute_inside_a_running_loop(
     mars_ws_server, ws_plan, mars_environ, mars_target
 ) -> None:
     # The existing client calls asyncio.run() and fails here.
-    result = marsconn.execute(ws_plan([mars_ws_server.url]), {}, mars_environ, mars_target,
-                              health=ServerHealth())
+    result = marsconn.execute(
+        ws_plan([mars_ws_server.url]), {}, mars_environ, mars_target, health=ServerHealth()
+    )
     assert result.ok, result.error
 
 
@@ -561,7 +572,12 @@ def test_ctrl_c_kills_the_job(tmp_path: Path) -> None:
 
 def test_run_in_thread_server_with_sync_execute(ws_plan, mars_environ, mars_target) -> None:
     with run_in_thread(WsMarsServer(Path("/"), heartbeat_interval=0.2)) as server:
-        result = marsconn.execute(ws_plan([server.url]), [{"a": 1}, {"b": 2}], mars_environ,
-                                  mars_target, health=ServerHealth())
+        result = marsconn.execute(
+            ws_plan([server.url]),
+            [{"a": 1}, {"b": 2}],
+            mars_environ,
+            mars_target,
+            health=ServerHealth(),
+        )
         assert result.ok
         assert server.jobs[0].requests == [{"a": 1}, {"b": 2}]

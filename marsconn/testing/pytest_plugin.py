@@ -35,6 +35,7 @@ __all__ = [
 
 #: Heartbeat period of fixture servers: short, so liveness tests stay quick.
 FIXTURE_HEARTBEAT = 0.2
+_DEFAULT_SCRIPT = MarsScript()
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def mars_ws_server_factory() -> Iterator[Callable[..., WsMarsServer]]:
     (``heartbeat_interval`` defaults to 0.2 s, ``shared_root`` to ``/``).
     """
 
-    def make(script: ScriptSource = MarsScript(), **kwargs: Any) -> WsMarsServer:
+    def make(script: ScriptSource = _DEFAULT_SCRIPT, **kwargs: Any) -> WsMarsServer:
         kwargs.setdefault("heartbeat_interval", FIXTURE_HEARTBEAT)
         root = kwargs.pop("shared_root", Path("/"))
         return WsMarsServer(root, script, **kwargs)
@@ -99,7 +100,7 @@ def mars_ws_server(mars_ws_server_factory: Callable[..., WsMarsServer]) -> WsMar
 def mars_pipe_server_factory() -> Iterator[Callable[..., PipeMarsServer]]:
     """``factory(script=MarsScript(), **kwargs) -> PipeMarsServer``, started; stopped after."""
 
-    def make(script: ScriptSource = MarsScript(), **kwargs: Any) -> PipeMarsServer:
+    def make(script: ScriptSource = _DEFAULT_SCRIPT, **kwargs: Any) -> PipeMarsServer:
         return PipeMarsServer(script, **kwargs)
 
     yield from _factory(make)

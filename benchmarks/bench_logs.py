@@ -1,0 +1,460 @@
+"""MARS log lines through the default filter: throughput and memory.
+
+A deterministic, MARS-like log (mostly INFO noise and request echo lines,
+some progress lines, warnings, a few errors, runs of repeated lines) goes
+through ``marsconn.logs.LogSink`` with ``LogPolicy(filter=True,
+keep_lines=2000)``, no handler and no logger (the defaults):
+
+1. timing pass: lines per second and CPU per line, plus the peak RSS growth
+   of the process (VmHWM after the run minus VmRSS before it);
+2. memory pass: the same lines under ``tracemalloc``; peak traced memory
+   above the level before the run. Lines are built in batches of
+   ``--batch`` fresh strings (as they would arrive from the network); the
+   batch itself is part of the peak and its size is printed separately;
+3. over WebSocket (skip with ``--no-ws``): the same lines sent one message
+   each by a ``WsMarsServer`` running in a separate process, received by
+   ``marsconn.execute_async``; lines per second end to end and the client's
+   CPU and peak RSS growth.
+
+Figures are printed, never asserted. Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_logs.py [--lines 1000000] [--no-ws]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import functools
+import gc
+import itertools
+import multiprocessing
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import marsconn
+from marsconn.health import ServerHealth
+from marsconn.logs import LogSink, classify_line
+from marsconn.plan import LogPolicy
+
+TARGET_LINES_PER_SECOND = 50_000
+TARGET_MEMORY_MB = 50.0
+MB = 1024 * 1024
+
+# --- a MARS-like log ------------------------------------------------------------------------------
+
+_PREFIX = "mars - {level:<6} - {ts} - "
+_NOISE = (
+    "Welcome to MARS",
+    "MARS Client bundle version: 6.33.20.2",
+    "MARS Client package version: 6.33.20.2",
+    "MARS Client build stamp: 20240612083000",
+    "MIR version: 1.21.0",
+    "Using ecCodes version 2.36.0",
+    "Using odc version 1.5.2",
+    "Maximum retrieval size is 50.00 G",
+    "Retrieve size limit is 50.00 G",
+    "Request id: 5c6d{n:04x}-9a1b-4c2d-8e3f-0a1b2c3d{m:04x}",
+    "Calling mars on 'marser', local port is {port}",
+    "Server task is {n} [marser]",
+    "Mars client is on worker-3 (10.1.2.3) {port}",
+    "Mars server is on marser-bkup (10.4.5.6) 9000",
+    "Automatic split by date is on",
+    "Read from network {n}.{m:02d} Mbyte(s) in {m}.{n:03d} secs [{n}.{m:02d} Mbyte/sec]",
+    "Memory used: {n} MByte",
+)
+_ECHO = (
+    "RETRIEVE,",
+    "    CLASS      = OD,",
+    "    TYPE       = AN,",
+    "    STREAM     = OPER,",
+    "    EXPVER     = 0001,",
+    "    LEVTYPE    = PL,",
+    "    LEVELIST   = {lev},",
+    "    PARAM      = {param},",
+    "    DATE       = 2024{month:02d}{day:02d},",
+    "    TIME       = 0000/0600/1200/1800,",
+    "    GRID       = 0.25/0.25,",
+    '    TARGET     = "data.grib"',
+)
+_PROGRESS = (
+    "Processing request {n}",
+    "Request has been queued",
+    "Request is scheduled",
+    "Retrieving from FDB",
+    "Transfering {bytes} bytes",
+    "{m} fields retrieved from 'marser'",
+    "{m} fields have been written to 'data.grib'",
+    "Transfer {pct}% done",
+)
+_WARNING = (
+    "Grib field {param} missing for date 2024{month:02d}{day:02d}",
+    "Retrying connection to marser in {m} seconds",
+    "MIR: interpolation of {param} falls back to nearest neighbour",
+)
+_ERROR = (
+    "Expected {n}, got {m}.",
+    "Request failed: no data for {param} on 2024{month:02d}{day:02d}",
+)
+_REPEATS = (
+    "mars - WARN   - Server marser is busy, request queued",
+    "mars - INFO   - Waiting for the data to be staged from tape (0%)",
+    "mars - INFO   - Request is queued",
+)
+# Cumulative probabilities per line; the rest is noise (INFO chatter, request echo).
+_P_ERROR = 0.001
+_P_WARNING = _P_ERROR + 0.03
+_P_PROGRESS = _P_WARNING + 0.10
+_P_REPEAT_RUN = _P_PROGRESS + 0.0015  # starts a run of 5-60 identical lines
+
+
+def mars_lines(count: int, seed: int = 0) -> Iterator[str]:
+    """``count`` fresh MARS-like log lines, the same ones for the same seed."""
+    rng = random.Random(seed)
+    repeat_left = 0
+    repeat_line = ""
+    for i in range(count):
+        if repeat_left:
+            repeat_left -= 1
+            yield repeat_line.encode().decode()  # a fresh string, as from the network
+            continue
+        seconds = 36_000 + i // 400
+        ts = f"20240612.{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
+        n = rng.randrange(1, 10_000)
+        fields = {
+            "n": n,
+            "m": n % 97,
+            "port": 30_000 + n,
+            "lev": (1000, 850, 500, 250)[n % 4],
+            "param": ("130.128", "131.128", "132.128", "167.128")[n % 4],
+            "month": 1 + n % 12,
+            "day": 1 + n % 28,
+            "bytes": n * 4_096,
+            "pct": n % 101,
+        }
+        r = rng.random()
+        if r < _P_ERROR:
+            level, text = "ERROR", rng.choice(_ERROR)
+        elif r < _P_WARNING:
+            level, text = "WARN", rng.choice(_WARNING)
+        elif r < _P_PROGRESS:
+            level, text = "INFO", rng.choice(_PROGRESS)
+        elif r < _P_REPEAT_RUN:
+            repeat_line = rng.choice(_REPEATS)
+            repeat_left = rng.randint(5, 60) - 1
+            yield repeat_line.encode().decode()
+            continue
+        elif r < 0.85:
+            level, text = "INFO", rng.choice(_NOISE)
+        else:
+            yield rng.choice(_ECHO).format(**fields)
+            continue
+        yield _PREFIX.format(level=level, ts=ts) + text.format(**fields)
+
+
+class MarsLog:
+    """A lazily generated log usable as ``MarsScript.log_lines`` (iterable, sized)."""
+
+    def __init__(self, count: int, seed: int = 0) -> None:
+        self.count = count
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        return mars_lines(self.count, self.seed)
+
+
+def batches(count: int, size: int, seed: int) -> Iterator[list[str]]:
+    lines = mars_lines(count, seed)
+    while batch := list(itertools.islice(lines, size)):
+        yield batch
+
+
+def describe_mix(sample: int, seed: int) -> str:
+    kinds = collections.Counter(
+        classify_line(line) or "noise" for line in mars_lines(sample, seed)
+    )
+    repeats = 0
+    previous = None
+    for line in mars_lines(sample, seed):
+        repeats += line == previous
+        previous = line
+    parts = [
+        f"{kind} {kinds[kind] / sample:.1%}" for kind in ("noise", "info", "warning", "error")
+    ]
+    return ", ".join(parts) + f"; consecutive repeats {repeats / sample:.1%}"
+
+
+# --- process memory -------------------------------------------------------------------------------
+
+
+def _status(field: str) -> int:
+    """A VmRSS/VmHWM-style field of /proc/self/status, in bytes (0 if unavailable)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class RssWatch:
+    """Peak RSS growth over a stretch of code."""
+
+    def __enter__(self) -> RssWatch:
+        gc.collect()
+        self.exact = reset_peak_rss()
+        self.before = _status("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.growth = _status("VmHWM") - self.before
+
+
+# --- 1 and 2: LogSink in process -------------------------------------------------------------------
+
+
+async def feed(sink: LogSink, batch: list[str]) -> None:
+    for line in batch:
+        await sink.line(line)
+
+
+def timing_pass(lines: int, batch: int, seed: int) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        sink = LogSink(LogPolicy(filter=True, keep_lines=2000))
+        wall = cpu = 0.0
+        for chunk in batches(lines, batch, seed):
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            await feed(sink, chunk)
+            wall += time.perf_counter() - wall0
+            cpu += time.process_time() - cpu0
+        sink.close()
+        text = sink.text
+        return {
+            "wall": wall,
+            "cpu": cpu,
+            "seen": sink.lines_seen,
+            "kept": text.count("\n") + 1 if text else 0,
+            "dropped": sink.dropped,
+            "errors": sum(1 for line in text.splitlines() if classify_line(line) == "error"),
+        }
+
+    with RssWatch() as rss:
+        figures = asyncio.run(run())
+    figures["rss_growth"] = rss.growth
+    figures["rss_exact"] = rss.exact
+    return figures
+
+
+def memory_pass(lines: int, batch: int, seed: int) -> dict[str, Any]:
+    async def run() -> tuple[int, int]:
+        sink = LogSink(LogPolicy(filter=True, keep_lines=2000))
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for chunk in batches(lines, batch, seed):
+            await feed(sink, chunk)
+            del chunk
+        sink.close()
+        current, peak = tracemalloc.get_traced_memory()
+        return peak - before, current - before
+
+    # The size of one input batch, built alone, to tell it apart from the sink.
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        one = next(batches(min(lines, batch), batch, seed))
+        batch_bytes = tracemalloc.get_traced_memory()[1] - before
+        del one
+        peak, retained = asyncio.run(run())
+    finally:
+        tracemalloc.stop()
+    return {"peak": peak, "retained": retained, "batch": batch_bytes}
+
+
+# --- 3: over a real WebSocket ----------------------------------------------------------------------
+
+
+class NullAudit:
+    """Audit logger that drops every event."""
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
+
+
+def _serve(lines: int, seed: int, conn: Connection) -> None:
+    from marsconn.testing import MarsScript, WsMarsServer, _script, run_in_thread
+
+    _script.data_block = functools.lru_cache(maxsize=8)(_script.data_block)
+    script = MarsScript(log_lines=MarsLog(lines, seed), output_size=16)
+    with run_in_thread(WsMarsServer(Path("/"), script)) as server:
+        conn.send(server.url)
+        with contextlib.suppress(EOFError):
+            conn.recv()
+
+
+def websocket_pass(lines: int, seed: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(lines, seed, child), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the server process did not start")
+        url = parent.recv()
+        plan = marsconn.resolve_plan(
+            env={},
+            overrides={
+                "servers": [url],
+                "use_shares": True,
+                "force_websocket_mode": True,
+                "client_filter_logs": True,
+                "log_keep_lines": 2000,
+            },
+            logger=NullAudit(),
+        )
+        environ = {
+            "request_id": "bench-logs",
+            "user_id": "00000000-0000-4000-8000-000000000001",
+            "namespace": "bench",
+            "host": "bench-host",
+            "username": "bench:000000000001",
+        }
+        with tempfile.TemporaryDirectory() as tmp, RssWatch() as rss:
+            target = Path(tmp) / "data.grib"
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            result = asyncio.run(
+                marsconn.execute_async(
+                    plan, {"param": "2t"}, environ, target,
+                    audit_logger=NullAudit(), health=ServerHealth(),
+                )
+            )  # fmt: skip
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        proc.join(30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+    if not result.ok:
+        raise RuntimeError(f"the WebSocket job failed: {result.error}")
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "kept": len(result.message.splitlines()),
+        "dropped": result.dropped_log_lines,
+        "rss_growth": rss.growth,
+        "rss_exact": rss.exact,
+    }
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def verdict_rate(label: str, rate: float) -> str:
+    state = "met" if rate >= TARGET_LINES_PER_SECOND else "missed"
+    return f"target: {label} >= {TARGET_LINES_PER_SECOND:,} lines/s -> {state} ({rate:,.0f})"
+
+
+def verdict_memory(label: str, growth: int) -> str:
+    state = "met" if growth < TARGET_MEMORY_MB * MB else "missed"
+    return f"target: {label} < {TARGET_MEMORY_MB:g} MB -> {state} ({growth / MB:.1f} MB)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000, help="log lines (1,000,000)")
+    parser.add_argument(
+        "--batch", type=int, default=10_000, help="lines built ahead at a time (10,000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated log (0)")
+    parser.add_argument(
+        "--ws-lines", type=int, default=None, help="lines for the WebSocket pass (= --lines)"
+    )
+    parser.add_argument("--no-ws", action="store_true", help="skip the WebSocket pass")
+    args = parser.parse_args(argv)
+    if args.lines < 1 or args.batch < 1:
+        parser.error("--lines and --batch must be positive")
+    ws_lines = args.ws_lines or args.lines
+
+    print(
+        f"Log filter: {args.lines:,} MARS-like lines through LogSink"
+        "(LogPolicy(filter=True, keep_lines=2000)), no handler, no logger"
+    )
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(f"  mix (first 100,000 lines, by classify_line): {describe_mix(100_000, args.seed)}")
+
+    timing = timing_pass(args.lines, args.batch, args.seed)
+    memory = memory_pass(args.lines, args.batch, args.seed)
+    rate = timing["seen"] / timing["wall"]
+    print("  in process")
+    print(f"    lines seen / kept / dropped:     {timing['seen']:,} / {timing['kept']:,} / "
+          f"{timing['dropped']:,} (error lines kept: {timing['errors']:,})")  # fmt: skip
+    print(f"    wall time in LogSink.line:       {timing['wall']:.2f} s")
+    print(f"    lines per second:                {rate:,.0f}")
+    print(f"    CPU per line:                    {timing['cpu'] / timing['seen'] * 1e6:.2f} us")
+    exact = "" if timing["rss_exact"] else " (peak not resettable: lifetime peak)"
+    print(f"    peak RSS growth:                 {timing['rss_growth'] / MB:.1f} MB{exact}")
+    print(
+        f"    tracemalloc peak growth:         {memory['peak'] / MB:.2f} MB "
+        f"(of which one {args.batch:,}-line input batch: {memory['batch'] / MB:.2f} MB)"
+    )
+    print(f"    retained after the run:          {memory['retained'] / MB:.2f} MB")
+
+    websocket: dict[str, Any] | None = None
+    if not args.no_ws:
+        websocket = websocket_pass(ws_lines, args.seed)
+        ws_rate = ws_lines / websocket["wall"]
+        print(
+            f"  over WebSocket ({ws_lines:,} lines, one message each, server in another process)"
+        )
+        print(f"    lines kept / dropped:            {websocket['kept']:,} / "
+              f"{websocket['dropped']:,}")  # fmt: skip
+        print(f"    wall time, whole job:            {websocket['wall']:.2f} s")
+        print(f"    lines per second:                {ws_rate:,.0f}")
+        print(f"    client CPU per line:             {websocket['cpu'] / ws_lines * 1e6:.2f} us")
+        print(f"    client peak RSS growth:          {websocket['rss_growth'] / MB:.1f} MB")
+    else:
+        print("  over WebSocket: skipped (--no-ws)")
+
+    print(verdict_rate("lines per second, LogSink", rate))
+    print(verdict_memory("peak memory growth, tracemalloc", memory["peak"]))
+    print(verdict_memory("peak memory growth, RSS", timing["rss_growth"]))
+    if websocket is not None:
+        print(verdict_rate("lines per second, over WebSocket", ws_lines / websocket["wall"]))
+        print(verdict_memory("client peak RSS growth, over WebSocket", websocket["rss_growth"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

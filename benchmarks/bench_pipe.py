@@ -1,0 +1,359 @@
+"""Pipe-mode throughput and memory: marsconn against a plain socket reader.
+
+Streams ``--size`` bytes (default 1 GiB) from the in-process
+:class:`~marsconn.testing.PipeMarsServer` (1 MiB chunks) to a file through
+``marsconn.execute``, and, in the same run, the same bytes from the same
+server read off a plain blocking socket and written to a file with no
+protocol work at all: the limit. Two more reference readers show what the
+obvious alternatives cost: asyncio streams with no protocol work, and
+asyncio streams with h11 decoding the chunked body.
+
+The server runs in its own process: the machine has 2 cores, so server and
+client each get one, and the server's Python work is neither charged to the
+client nor contending with it for one GIL (a thread would do both).
+
+Each measurement runs in a fresh client process, so its peak RSS
+(``ru_maxrss``) belongs to that transfer alone; the growth is the peak
+minus the RSS measured after imports and set-up. Every reader ends with
+fsync, since marsconn fsyncs before renaming onto the target; with
+``--dir /dev/shm`` the disk leaves the picture and only CPU work remains.
+
+Usage: ``.venv/bin/python benchmarks/bench_pipe.py [--size 1GiB] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1024 * 1024
+READ = 1024 * 1024
+ENVIRON = {
+    "request_id": "bench",
+    "user_id": "00000000-0000-4000-8000-000000000001",
+    "namespace": "bench",
+    "host": "bench",
+    "username": "bench:000000000001",
+}
+JOB = json.dumps({"request": {"param": "2t"}, "environ": ENVIRON}).encode()
+VARIANTS = ("socket", "marsconn", "streams", "h11")
+
+
+def parse_size(text: str) -> int:
+    """``1GiB``, ``512MiB``, ``64k`` or a plain number of bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if raw and raw[-1] in units:
+        return int(float(raw[:-1]) * units[raw[-1]])
+    return int(raw)
+
+
+# --- the server process -----------------------------------------------------------------------
+
+
+def serve(size: int) -> None:
+    """Run a PipeMarsServer until stdin closes; print its port first."""
+    from marsconn.testing import MarsScript, PipeMarsServer
+
+    async def main() -> None:
+        script = MarsScript(
+            output_size=size,
+            chunk_size=CHUNK,
+            log_lines=("mars - INFO - Transferring 1 field", "mars - INFO - done"),
+        )
+        async with PipeMarsServer(script) as server:
+            print(server.port, flush=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+
+
+# --- the client processes ---------------------------------------------------------------------
+
+
+def _post_head(port: int) -> bytes:
+    return (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(JOB)}\r\n\r\n"
+    ).encode() + JOB
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def client_socket(port: int, target: Path) -> int:
+    """The limit: recv_into one buffer, write it out; no parsing at all."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(_post_head(port))
+    buf = bytearray(READ)
+    view = memoryview(buf)
+    total = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while True:
+            n = sock.recv_into(buf)
+            if not n:
+                break
+            _write_all(fd, view[:n])
+            total += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        sock.close()
+    return total
+
+
+async def client_streams(port: int, target: Path) -> int:
+    """asyncio streams, no parsing: what StreamReader's copies cost."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READ)
+    writer.write(_post_head(port))
+    total = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while data := await reader.read(READ):
+            _write_all(fd, memoryview(data))
+            total += len(data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        writer.close()
+    return total
+
+
+async def client_h11(port: int, target: Path) -> int:
+    """asyncio streams and h11 decoding the chunked body (data bytes only)."""
+    import h11
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=READ)
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="POST",
+        target="/",
+        headers=[("Host", "127.0.0.1"), ("Content-Length", str(len(JOB)))],
+    )
+    writer.write(
+        conn.send(request) + conn.send(h11.Data(data=JOB)) + conn.send(h11.EndOfMessage())
+    )
+    total = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(READ))
+            elif isinstance(event, h11.Data):
+                _write_all(fd, memoryview(event.data))
+                total += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        writer.close()
+    return total
+
+
+def client_marsconn(port: int, target: Path) -> tuple[int, dict[str, Any]]:
+    """The real thing: marsconn.execute over the pipe protocol."""
+    import marsconn
+    from marsconn.health import ServerHealth
+
+    plan = marsconn.resolve_plan(
+        env={},
+        overrides={"servers": [f"http://127.0.0.1:{port}"], "max_retries": 1, "retry_delay": 0},
+        logger=_Quiet(),
+    )
+    result = marsconn.execute(
+        plan, {"param": "2t"}, ENVIRON, target, health=ServerHealth(), audit_logger=_Quiet()
+    )
+    if not result.ok:
+        raise RuntimeError(f"marsconn failed: {result.error}")
+    return result.bytes, {"attempts": len(result.attempts)}
+
+
+class _Quiet:
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def client_main(variant: str, port: int, target: Path) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    import h11  # noqa: F401  (imported before the RSS baseline, like marsconn below)
+
+    import marsconn.executor  # noqa: F401
+    import marsconn.transport_pipe  # noqa: F401
+
+    rss_before = _rss_kib()
+    extra: dict[str, Any] = {}
+    started = time.perf_counter()
+    if variant == "socket":
+        nbytes = client_socket(port, target)
+    elif variant == "streams":
+        nbytes = asyncio.run(client_streams(port, target))
+    elif variant == "h11":
+        nbytes = asyncio.run(client_h11(port, target))
+    else:
+        nbytes, extra = client_marsconn(port, target)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "bytes": nbytes,
+                "file_bytes": target.stat().st_size,
+                "seconds": seconds,
+                "rss_before_kib": rss_before,
+                "rss_peak_kib": peak,
+                **extra,
+            }
+        )
+    )
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def expected_sha256(size: int) -> str:
+    from marsconn.testing import iter_data
+
+    digest = hashlib.sha256()
+    for piece in iter_data(size, chunk_size=CHUNK):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_client(variant: str, port: int, target: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", variant, "--port", str(port), "--target", target],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    line: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1GiB", help="bytes to stream (default 1GiB)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per reader")
+    parser.add_argument("--dir", help="directory for the output files (default: a temp dir)")
+    parser.add_argument("--verify", action="store_true", help="check marsconn's output sha256")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="readers to measure")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--client", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    if args.serve:
+        serve(size)
+        return
+    if args.client:
+        client_main(args.client, args.port, args.target)
+        return
+
+    variants = [v for v in args.variants.split(",") if v]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-pipe-", dir=args.dir))
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--size", str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        print(
+            f"streaming {size / 2**20:.0f} MiB in {CHUNK // 1024} KiB chunks from a "
+            f"PipeMarsServer process; output in {workdir}; {os.cpu_count()} CPUs"
+        )
+        results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for round_number in range(1, args.rounds + 1):
+            for variant in variants:
+                target = workdir / f"{variant}.out"
+                record = run_client(variant, port, target)
+                if variant == "marsconn":
+                    if record["file_bytes"] != size:
+                        raise SystemExit(f"marsconn wrote {record['file_bytes']} of {size} bytes")
+                    if args.verify and round_number == 1:
+                        ok = file_sha256(target) == expected_sha256(size)
+                        print(f"  marsconn output sha256 {'matches' if ok else 'DIFFERS'}")
+                        if not ok:
+                            raise SystemExit(1)
+                target.unlink()
+                results[variant].append(record)
+                mbps = record["bytes"] / record["seconds"] / 1e6
+                growth = (record["rss_peak_kib"] - record["rss_before_kib"]) / 1024
+                print(
+                    f"  round {round_number} {variant:9s} {mbps:7.0f} MB/s "
+                    f"{record['seconds']:6.2f} s  peak RSS {record['rss_peak_kib'] / 1024:5.1f} MB "
+                    f"(+{growth:.1f} MB)"
+                )
+        print("\nmedian (best) throughput, peak RSS growth:")
+        median: dict[str, float] = {}
+        for variant in variants:
+            rates = [r["bytes"] / r["seconds"] / 1e6 for r in results[variant]]
+            growth = max(
+                (r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in results[variant]
+            )
+            peak = max(r["rss_peak_kib"] / 1024 for r in results[variant])
+            median[variant] = statistics.median(rates)
+            print(
+                f"  {variant:9s} {median[variant]:7.0f} MB/s ({max(rates):.0f})  "
+                f"RSS +{growth:.1f} MB (peak {peak:.1f} MB)"
+            )
+        if "socket" in median and "marsconn" in median:
+            ratio = median["marsconn"] / median["socket"]
+            growth = max(
+                (r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in results["marsconn"]
+            )
+            print(
+                f"\nmarsconn / plain socket: {ratio:.1%} (target >= 85%); "
+                f"marsconn RSS growth {growth:.1f} MB (target < 64 MB)"
+            )
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""How long resolving a ConnectionPlan takes, and what importing marsconn costs.
+
+1. ``resolve_plan`` median time with 1, 50 and 1,000 servers read from a
+   list file (``env={...}`` pointing at a temporary file), in WebSocket mode
+   (every URL parsed, translated, deduplicated and fingerprinted), with a
+   no-op audit logger and, separately, with the default structlog logger
+   (its output sent to a throw-away stream).
+2. Import time: a fresh ``python -c "import marsconn"`` against a bare
+   ``python -c pass``, median of several runs each; plus ``import
+   pydantic_settings`` alone, which marsconn's settings model cannot avoid.
+
+Figures are printed with the targets (1,000 servers under 10 ms; importing
+marsconn adds under 150 ms), never asserted. Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_plan.py [--runs 200] [--import-runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+import marsconn
+
+RESOLVE_TARGET_MS = 10.0  # for 1,000 servers
+IMPORT_TARGET_MS = 150.0  # added by `import marsconn` over a bare interpreter
+SIZES = (1, 50, 1000)
+
+
+class NoAudit:
+    """An audit logger that drops every event, so logging does not dominate."""
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
+
+
+def write_list(directory: Path, count: int) -> Path:
+    path = directory / f"servers-{count}.list"
+    lines = ["# benchmark servers", ""]
+    lines += [f"http://mars-worker-{i:04d}.internal:9000" for i in range(count)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def median_ms(call: Callable[[], object], runs: int) -> tuple[float, float]:
+    """Median and minimum wall time of ``call`` in milliseconds (after one warm-up)."""
+    call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000, min(times) * 1000
+
+
+def bench_resolve(runs: int) -> dict[int, dict[str, float]]:
+    results: dict[int, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        empty_yaml = directory / "empty.yaml"
+        empty_yaml.write_text("")
+        for count in SIZES:
+            env = {
+                "MARS_USE_SHARES": "true",
+                "MARS_API_SERVER_LIST": str(write_list(directory, count)),
+                "MARS_CONFIG_FILE": str(empty_yaml),
+            }
+
+            def quiet(env: dict[str, str] = env) -> object:
+                return marsconn.resolve_plan(env=env, server_version="0.3.1", logger=NoAudit())
+
+            def logged(env: dict[str, str] = env) -> object:
+                return marsconn.resolve_plan(env=env, server_version="0.3.1")
+
+            plan = marsconn.resolve_plan(env=env, server_version="0.3.1", logger=NoAudit())
+            if len(plan.endpoints) != count:  # a broken benchmark, not a timing check
+                raise SystemExit(f"expected {count} endpoints, got {len(plan.endpoints)}")
+            quiet_median, quiet_min = median_ms(quiet, runs)
+            logged_median, _ = median_ms(logged, runs)
+            results[count] = {"median": quiet_median, "min": quiet_min, "logged": logged_median}
+    return results
+
+
+def import_ms(code: str, runs: int) -> float:
+    """Median wall time of a fresh interpreter running ``code``, in milliseconds."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    times = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) * 1000  # the first run warms the disk cache
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="resolutions per size")
+    parser.add_argument("--import-runs", type=int, default=15, help="interpreter starts each")
+    args = parser.parse_args(argv)
+
+    # The default-logger variant goes through structlog; send it to a discarded stream.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(io.StringIO()))
+    python = f"python {platform.python_version()} on {platform.machine()}"
+    print(f"{python}, marsconn {marsconn.__version__}")
+    print()
+    print("resolve_plan, WebSocket mode, servers from a list file (ms per call)")
+    print(f"{'servers':>8} {'median':>9} {'min':>9} {'w/ structlog':>13}")
+    gc.collect()
+    resolved = bench_resolve(args.runs)
+    for count, r in resolved.items():
+        print(f"{count:>8} {r['median']:>9.3f} {r['min']:>9.3f} {r['logged']:>13.3f}")
+    big = resolved[SIZES[-1]]["median"]
+    verdict = "meets" if big < RESOLVE_TARGET_MS else "MISSES"
+    print(
+        f"1,000 servers: {big:.2f} ms, {big / RESOLVE_TARGET_MS:.0%} of the "
+        f"{RESOLVE_TARGET_MS:g} ms target ({verdict} it)"
+    )
+    print()
+
+    print(f"import time (fresh interpreter, median of {args.import_runs} runs, ms)")
+    bare = import_ms("pass", args.import_runs)
+    settings_lib = import_ms("import pydantic_settings", args.import_runs)
+    ours = import_ms("import marsconn", args.import_runs)
+    added = ours - bare
+    for label, value in (
+        ("python -c pass", bare),
+        ('python -c "import pydantic_settings"', settings_lib),
+        ('python -c "import marsconn"', ours),
+    ):
+        print(f"{label:<38} {value:>8.1f}")
+    verdict = "meets" if added < IMPORT_TARGET_MS else "MISSES"
+    print(
+        f"import marsconn adds {added:.1f} ms, {added / IMPORT_TARGET_MS:.0%} of the "
+        f"{IMPORT_TARGET_MS:g} ms target ({verdict} it); "
+        f"pydantic_settings alone adds {settings_lib - bare:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,790 @@
+"""The pipe (HTTP) protocol without sockets: bytes in, events and verdicts out.
+
+Three layers, each a pure function or a sans-IO state machine that the
+transport (:mod:`marsconn.transport_pipe`) feeds and that tests drive with
+plain bytes:
+
+* :class:`HttpResponseReader` parses HTTP/1.1 responses from a connection's
+  byte stream: the head, then the body as :class:`BodyPiece` events that
+  keep chunk boundaries (``chunk_start`` / ``chunk_end``), because in this
+  protocol a chunk's extent carries meaning. Pieces are views into the
+  bytes fed, never copies, so gigabytes pass without per-byte Python work.
+* :class:`PipeBodyDecoder` turns the pieces of a ``POST /`` answer into
+  :class:`Data`, :class:`Rewind`, :class:`EndOfRequest` and
+  :class:`ErrorTrailer` events, and rejects malformed bodies with a
+  :class:`~marsconn.errors.TransferError` that says exactly what was wrong.
+* :func:`classify_status` and :func:`classify_error_trailer` decide what a
+  failure means for failover: same server, next server, or final.
+
+Why not h11: on a loopback socket, h11 delivered about a quarter of what a
+plain socket reader manages, because its receive buffer copies every body
+byte twice (figures in docs/pipe-mode.md). The reader here hands out slices
+of the caller's buffer instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from .errors import JobKilledError, MarsconnError, MarsRequestError, TransferError
+from .result import Action
+
+__all__ = [
+    "ENDR",
+    "EROR",
+    "MARKERS",
+    "RWND",
+    "BodyPiece",
+    "Data",
+    "EndOfRequest",
+    "ErrorTrailer",
+    "HttpEvent",
+    "HttpResponseReader",
+    "PipeBodyDecoder",
+    "PipeEvent",
+    "PipeStatusError",
+    "ResponseEnd",
+    "ResponseHead",
+    "Rewind",
+    "Verdict",
+    "classify_error_trailer",
+    "classify_status",
+    "encode_job",
+    "encode_request",
+    "merged_request",
+]
+
+#: A chunk of exactly these bytes: truncate back to where the request began.
+RWND = b"RWND"
+#: A chunk of exactly these bytes: the request's data is complete.
+ENDR = b"ENDR"
+#: A chunk of exactly these bytes: MARS failed; the next chunk is a JSON object.
+EROR = b"EROR"
+MARKERS = frozenset({RWND, ENDR, EROR})
+_MARKER_SIZE = 4
+
+# Bounds on what is held in memory for things that are small by nature; a
+# peer exceeding them is broken, and buffering without limit would let it
+# exhaust memory.
+MAX_HEAD = 64 * 1024
+MAX_CHUNK_LINE = 4096
+MAX_TRAILER = 64 * 1024
+MAX_ERROR_PAYLOAD = 64 * 1024
+# Longest run scanned at once for the end of a chunk-size line: real lines
+# are a few bytes, and copying more per chunk would cost on small chunks.
+_LINE_WINDOW = 64
+
+_STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# Lines may end in CRLF or a bare LF (RFC 9112 2.2 lets recipients accept both).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_LONE_BREAK = re.compile(rb"\r?\n")
+
+Buffer = bytes | bytearray | memoryview
+
+
+# --- HTTP responses ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """The status line and headers of a response.
+
+    ``headers`` has lower-case names; repeated headers are joined with
+    ``", "``. ``chunked`` tells whether the body uses the chunked coding
+    (only then do :class:`BodyPiece` events carry chunk boundaries).
+    ``keep_alive`` is False when the connection cannot carry another
+    request after this response.
+    """
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    version: tuple[int, int] = (1, 1)
+    chunked: bool = False
+    content_length: int | None = None
+    keep_alive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPiece:
+    """A piece of a response body.
+
+    ``data`` is a view into the buffer that was fed: valid until the caller
+    reuses that buffer, never empty. In a chunked body ``chunk_start`` marks
+    the first piece of a chunk and ``chunk_end`` its last; a chunk that
+    arrived in one piece has both.
+    """
+
+    data: Buffer
+    chunk_start: bool = False
+    chunk_end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEnd:
+    """The response is complete."""
+
+
+HttpEvent = ResponseHead | BodyPiece | ResponseEnd
+
+
+class _State(Enum):
+    IDLE = "idle"  # no request outstanding
+    HEAD = "head"
+    LENGTH = "length"  # Content-Length body
+    UNTIL_CLOSE = "until_close"  # body delimited by the connection closing
+    CHUNK_LINE = "chunk_line"
+    CHUNK_DATA = "chunk_data"
+    CHUNK_CRLF = "chunk_crlf"
+    TRAILER = "trailer"
+    CLOSED = "closed"
+
+
+class HttpResponseReader:
+    """Parses the responses arriving on one HTTP/1.1 client connection.
+
+    Call :meth:`expect` before each response (with the request's method: a
+    ``HEAD`` answer has no body), then :meth:`feed` every byte received and
+    :meth:`feed_eof` when the connection closes. Both return the events
+    completed so far: one :class:`ResponseHead`, any number of
+    :class:`BodyPiece`, one :class:`ResponseEnd`. A peer breaking the
+    protocol raises :class:`~marsconn.errors.TransferError`.
+
+    Interim (1xx) responses are skipped. Bytes after a complete response
+    (pipelining, which this client never does) make the connection
+    unusable rather than being parsed as the next answer: see
+    :attr:`reusable`.
+    """
+
+    def __init__(self) -> None:
+        self._state = _State.IDLE
+        self._head_only = False
+        self._line = bytearray()  # a partial head, chunk-size line or trailer
+        self._remaining = 0  # body bytes (Content-Length) or chunk bytes left
+        self._chunk_fresh = False  # the next data piece starts a chunk
+        self._keep_alive = True
+        self._stray = False
+        self.body_bytes = 0
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may be sent on this connection now."""
+        return self._state is _State.IDLE and self._keep_alive and not self._stray
+
+    @property
+    def in_body(self) -> bool:
+        """Whether the head was parsed and the body is not complete yet."""
+        return self._state not in (_State.IDLE, _State.HEAD, _State.CLOSED)
+
+    def expect(self, method: str) -> None:
+        """Prepare for the response to a request sent with ``method``."""
+        if not self.reusable:
+            raise RuntimeError("the connection cannot carry another request")
+        self._state = _State.HEAD
+        self._head_only = method.upper() == "HEAD"
+        self._line.clear()
+        self.body_bytes = 0
+
+    def feed(self, data: Buffer) -> list[HttpEvent]:
+        """Parse ``data``; return the events it completed."""
+        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        events: list[HttpEvent] = []
+        pos, end = 0, len(view)
+        while pos < end:
+            state = self._state
+            if state is _State.CHUNK_DATA:
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                last = self._remaining == 0
+                events.append(BodyPiece(view[pos : pos + take], self._chunk_fresh, last))
+                self._chunk_fresh = False
+                self.body_bytes += take
+                pos += take
+                if last:
+                    self._state = _State.CHUNK_CRLF
+            elif state is _State.CHUNK_LINE:
+                pos = self._chunk_line(view, pos, end, events)
+            elif state is _State.CHUNK_CRLF:
+                pos = self._chunk_crlf(view, pos, end)
+            elif state is _State.LENGTH:
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                events.append(BodyPiece(view[pos : pos + take]))
+                self.body_bytes += take
+                pos += take
+                if self._remaining == 0:
+                    self._finish(events)
+            elif state is _State.UNTIL_CLOSE:
+                events.append(BodyPiece(view[pos:end]))
+                self.body_bytes += end - pos
+                pos = end
+            elif state is _State.HEAD:
+                pos = self._head(view, pos, end, events)
+            elif state is _State.TRAILER:
+                pos = self._trailer(view, pos, end, events)
+            else:
+                # Nothing was asked: whatever the peer sends now cannot be an
+                # answer, and the next request must not read it as one.
+                self._stray = True
+                return events
+        return events
+
+    def feed_eof(self) -> list[HttpEvent]:
+        """The peer closed the connection; return the final events or raise."""
+        state = self._state
+        self._state = _State.CLOSED
+        self._keep_alive = False
+        if state is _State.UNTIL_CLOSE:
+            return [ResponseEnd()]
+        if state in (_State.IDLE, _State.CLOSED):
+            return []
+        if state is _State.HEAD:
+            got = f" after {len(self._line)} bytes of it" if self._line else ""
+            raise TransferError(f"connection closed before the response head was complete{got}")
+        if state is _State.LENGTH:
+            raise TransferError(
+                f"connection closed after {self.body_bytes} of "
+                f"{self.body_bytes + self._remaining} body bytes"
+            )
+        if state is _State.CHUNK_DATA:
+            raise TransferError(
+                f"connection closed inside a chunk, {self._remaining} bytes short, "
+                f"after {self.body_bytes} body bytes"
+            )
+        raise TransferError(
+            f"connection closed before the end of the chunked body "
+            f"(after {self.body_bytes} body bytes, no terminating chunk)"
+        )
+
+    # head
+
+    def _head(self, view: memoryview, pos: int, end: int, events: list[HttpEvent]) -> int:
+        # The head is small; copying it to find its end is cheap.
+        start = len(self._line)
+        self._line += view[pos:end]
+        # The blank line may straddle two feeds: search from just before the old end.
+        match = _BLANK_LINE.search(self._line, max(0, start - 2))
+        if match is None:
+            if len(self._line) > MAX_HEAD:
+                raise TransferError(f"response head larger than {MAX_HEAD} bytes")
+            return end
+        head = bytes(self._line[: match.start()])
+        self._line.clear()
+        self._parse_head(head, events)
+        return pos + match.end() - start
+
+    def _parse_head(self, raw: bytes, events: list[HttpEvent]) -> None:
+        if len(raw) > MAX_HEAD:
+            raise TransferError(f"response head larger than {MAX_HEAD} bytes")
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")]
+        # Servers may precede a response with stray empty lines (RFC 9112 2.2).
+        while lines and not lines[0]:
+            del lines[0]
+        if not lines:
+            raise TransferError("empty response head")
+        match = _STATUS_LINE.fullmatch(lines[0])
+        if match is None:
+            raise TransferError(f"malformed status line {_preview(lines[0])}")
+        version = (int(match[1]), int(match[2]))
+        status = int(match[3])
+        reason = (match[4] or b"").decode("latin-1")
+        if version[0] != 1:
+            raise TransferError(f"unsupported HTTP version {version[0]}.{version[1]}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line[:1] in (b" ", b"\t"):
+                raise TransferError(f"folded header line {_preview(line)} (obsolete, refused)")
+            name, sep, value = line.partition(b":")
+            if not sep or _TOKEN.fullmatch(name) is None:
+                raise TransferError(f"malformed header line {_preview(line)}")
+            key = name.decode("ascii").lower()
+            text = value.strip(b" \t").decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if 100 <= status < 200:
+            if status == 101:
+                raise TransferError("the server switched protocols (101), which was not asked")
+            return  # interim answer; the real one follows
+        connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        # HTTP/1.0 closes unless asked otherwise; HTTP/1.1 persists unless told to close.
+        keep_alive = "keep-alive" in connection if version == (1, 0) else "close" not in connection
+        chunked, length = self._framing(status, headers)
+        self._keep_alive = keep_alive
+        if chunked:
+            self._state = _State.CHUNK_LINE
+        elif length is not None:
+            self._remaining = length
+            self._state = _State.LENGTH
+        else:
+            self._state = _State.UNTIL_CLOSE
+            keep_alive = self._keep_alive = False
+        events.append(ResponseHead(status, reason, headers, version, chunked, length, keep_alive))
+        if self._state is _State.LENGTH and length == 0:
+            self._finish(events)
+
+    def _framing(self, status: int, headers: Mapping[str, str]) -> tuple[bool, int | None]:
+        """(chunked, content length) of the body that follows (RFC 9112 6.3)."""
+        if self._head_only or status in (204, 304):
+            return False, 0
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            codings = [c.strip().lower() for c in coding.split(",") if c.strip()]
+            if codings != ["chunked"]:
+                raise TransferError(
+                    f"unsupported Transfer-Encoding {coding!r}; only 'chunked' is accepted"
+                )
+            return True, None
+        raw = headers.get("content-length")
+        if raw is None:
+            return False, None
+        values = {v.strip() for v in raw.split(",")}
+        value = values.pop() if len(values) == 1 else ""
+        if not value.isdigit() or not value.isascii() or len(value) > 18:
+            raise TransferError(f"invalid Content-Length {raw!r}")
+        return False, int(value)
+
+    # chunked body
+
+    def _chunk_line(self, view: memoryview, pos: int, end: int, events: list[HttpEvent]) -> int:
+        window = bytes(view[pos : min(end, pos + _LINE_WINDOW)])
+        nl = window.find(b"\n")
+        if nl == -1:
+            self._line += window
+            if len(self._line) > MAX_CHUNK_LINE:
+                raise TransferError(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes")
+            return pos + len(window)
+        self._line += window[:nl]
+        line = bytes(self._line)
+        self._line.clear()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if _CHUNK_SIZE.fullmatch(size_text) is None:
+            raise TransferError(
+                f"malformed chunk-size line {_preview(line)} after {self.body_bytes} body bytes"
+            )
+        size = int(size_text, 16)
+        if size == 0:
+            self._state = _State.TRAILER
+        else:
+            self._remaining = size
+            self._chunk_fresh = True
+            self._state = _State.CHUNK_DATA
+        return pos + nl + 1
+
+    def _chunk_crlf(self, view: memoryview, pos: int, end: int) -> int:
+        need = 2 - len(self._line)
+        got = bytes(view[pos : pos + need])
+        self._line += got
+        if not b"\r\n".startswith(bytes(self._line)):
+            raise TransferError(
+                f"chunk not followed by CRLF (got {_preview(bytes(self._line))}) "
+                f"after {self.body_bytes} body bytes: the chunk size was wrong"
+            )
+        if len(self._line) == 2:
+            self._line.clear()
+            self._state = _State.CHUNK_LINE
+        return pos + len(got)
+
+    def _trailer(self, view: memoryview, pos: int, end: int, events: list[HttpEvent]) -> int:
+        # Trailer fields are not used; only their end matters. The line that
+        # ended the last chunk's size was consumed, so an empty trailer is a
+        # lone line break and a non-empty one ends with a blank line.
+        start = len(self._line)
+        self._line += view[pos:end]
+        lone = _LONE_BREAK.match(self._line)
+        match = lone or _BLANK_LINE.search(self._line, max(0, start - 2))
+        if match is None:
+            if len(self._line) > MAX_TRAILER:
+                raise TransferError(f"chunked trailer larger than {MAX_TRAILER} bytes")
+            return end
+        self._line.clear()
+        self._finish(events)
+        return pos + match.end() - start
+
+    def _finish(self, events: list[HttpEvent]) -> None:
+        self._state = _State.IDLE
+        events.append(ResponseEnd())
+
+
+# --- the pipe body ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Output bytes to append to the target (a view, valid until the next feed)."""
+
+    data: Buffer
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """Truncate the output back to where the current request began."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfRequest:
+    """The current request's data is complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorTrailer:
+    """MARS failed after the data began; ``payload`` says how.
+
+    See :func:`classify_error_trailer`.
+    """
+
+    payload: dict[str, Any]
+
+
+PipeEvent = Data | Rewind | EndOfRequest | ErrorTrailer
+
+
+class _Body(Enum):
+    DATA = "data"
+    AFTER_EROR = "after_eror"  # collecting the JSON chunk that follows EROR
+    ENDED = "ended"  # ENDR seen
+    FAILED = "failed"  # the EROR payload seen
+
+
+class PipeBodyDecoder:
+    """Turns the chunked body of a ``POST /`` answer into pipe events.
+
+    Feed every body piece with its chunk boundary flags (as
+    :class:`HttpResponseReader` gives them) to :meth:`feed`, then call
+    :meth:`finish` when the body ends. A chunk is a marker only when the
+    whole chunk is exactly ``RWND``, ``ENDR`` or ``EROR``; any other chunk,
+    including one that merely contains those letters, is data. Only chunks
+    of at most 4 bytes are held back (to tell markers from data); larger
+    ones pass straight through as views of the input.
+    """
+
+    def __init__(self) -> None:
+        self._state = _Body.DATA
+        self._small = bytearray()
+        self._holding = False  # the current chunk is still <= 4 bytes and held back
+        self._in_chunk = False
+        self._payload = bytearray()
+        self.data_bytes = 0  # data bytes seen, over rewinds
+        self.rewinds = 0
+
+    @property
+    def ended(self) -> bool:
+        """Whether ``ENDR`` was seen (the request's data is complete)."""
+        return self._state is _Body.ENDED
+
+    def feed(self, data: Buffer, chunk_start: bool, chunk_end: bool) -> list[PipeEvent]:
+        """Take one body piece; return the events it completed."""
+        if chunk_start:
+            if self._in_chunk:
+                raise TransferError("a chunk began before the previous one ended")
+            self._in_chunk = True
+        elif not self._in_chunk:
+            raise TransferError("a body piece arrived outside any chunk")
+        if chunk_end:
+            self._in_chunk = False
+        state = self._state
+        if state is _Body.DATA:
+            return self._data(data, chunk_start, chunk_end)
+        if state is _Body.AFTER_EROR:
+            return self._error_payload(data, chunk_end)
+        what = "ENDR (end of request)" if state is _Body.ENDED else "the EROR payload"
+        raise TransferError(f"data after {what}: another chunk followed it")
+
+    def _data(self, data: Buffer, chunk_start: bool, chunk_end: bool) -> list[PipeEvent]:
+        if chunk_start:
+            self._small.clear()
+            self._holding = True
+        if not self._holding:
+            self.data_bytes += len(data)
+            return [Data(data)]
+        if len(self._small) + len(data) > _MARKER_SIZE:
+            # Too long for a marker: release what was held and stream the rest.
+            self._holding = False
+            events: list[PipeEvent] = []
+            if self._small:
+                held = bytes(self._small)
+                self._small.clear()
+                self.data_bytes += len(held)
+                events.append(Data(held))
+            self.data_bytes += len(data)
+            events.append(Data(data))
+            return events
+        self._small += data
+        if not chunk_end:
+            return []
+        self._holding = False
+        chunk = bytes(self._small)
+        self._small.clear()
+        if chunk == RWND:
+            self.rewinds += 1
+            return [Rewind()]
+        if chunk == ENDR:
+            self._state = _Body.ENDED
+            return [EndOfRequest()]
+        if chunk == EROR:
+            self._state = _Body.AFTER_EROR
+            self._payload.clear()
+            return []
+        if not chunk:
+            return []
+        self.data_bytes += len(chunk)
+        return [Data(chunk)]
+
+    def _error_payload(self, data: Buffer, chunk_end: bool) -> list[PipeEvent]:
+        self._payload += data
+        if len(self._payload) > MAX_ERROR_PAYLOAD:
+            raise TransferError(
+                f"the chunk after EROR is larger than {MAX_ERROR_PAYLOAD} bytes; "
+                "a JSON object was expected"
+            )
+        if not chunk_end:
+            return []
+        raw = bytes(self._payload)
+        self._payload.clear()
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise TransferError(
+                f"EROR was not followed by a JSON object chunk (got {_preview(raw)})"
+            ) from None
+        if not isinstance(payload, dict):
+            raise TransferError(
+                f"EROR was not followed by a JSON object chunk (got {_preview(raw)})"
+            )
+        self._state = _Body.FAILED
+        return [ErrorTrailer(payload)]
+
+    def finish(self) -> list[PipeEvent]:
+        """The body ended (terminating chunk received); raise if it was incomplete."""
+        if self._in_chunk:
+            raise TransferError("the body ended inside a chunk")
+        if self._state is _Body.DATA:
+            raise TransferError(
+                f"the body ended without ENDR after {self.data_bytes} data bytes: "
+                "MARS's output is incomplete"
+            )
+        if self._state is _Body.AFTER_EROR:
+            raise TransferError("the body ended after EROR without the JSON object chunk")
+        return []
+
+
+# --- classification ---------------------------------------------------------------------------
+
+
+class PipeStatusError(MarsconnError):
+    """A pipe server answered a job with an HTTP status other than 200.
+
+    ``status`` is the HTTP status code.
+    """
+
+    def __init__(self, message: str, *, status: int, server: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.server = server
+
+
+class Verdict(NamedTuple):
+    """What a failure means: the action, a stable error class and the error."""
+
+    action: Action
+    error_class: str | None
+    error: BaseException | None
+
+
+#: Statuses retried on the same server by default (then the next one).
+SAME_HOST_STATUSES = frozenset({500, 502, 503, 504, 408})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _flag(value: Any) -> bool | None:
+    """A 0/1 header or JSON flag; None when absent or unreadable."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return bool(value) if value in (0, 1) else None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    return None
+
+
+def _decide(same: bool, nxt: bool) -> Action:
+    if same:
+        return Action.SAME_SERVER
+    if nxt:
+        return Action.NEXT_SERVER
+    return Action.FINAL
+
+
+def _int_header(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def classify_status(
+    status: int, headers: Mapping[str, str], *, server: str = "", detail: str = ""
+) -> Verdict:
+    """Classify the status of a ``POST /`` answer.
+
+    200 is success. 400 (MARS exited before any data) is final, class
+    ``mars_rejected``, with a :class:`~marsconn.errors.MarsRequestError`
+    carrying ``X-MARS-EXIT-CODE``. 500, 502, 503, 504 and 408 are retried on
+    the same server (then the next); 429 and every other status go to the
+    next server. ``X-MARS-RETRY-SAME-HOST`` / ``X-MARS-RETRY-NEXT-HOST``
+    (0/1) override these defaults one flag each; when the flags say
+    neither, the answer is final. A 500 with ``X-MARS-SIGNAL`` means MARS
+    was killed: class ``mars_killed``, error
+    :class:`~marsconn.errors.JobKilledError`. Other failures have class
+    ``http_<status>``. ``detail`` (e.g. a preview of the body) is appended
+    to the error message.
+    """
+    if status == 200:
+        return Verdict(Action.SUCCESS, None, None)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    same = status in SAME_HOST_STATUSES
+    nxt = status != 400
+    override_same = _flag(lowered.get("x-mars-retry-same-host"))
+    override_next = _flag(lowered.get("x-mars-retry-next-host"))
+    if override_same is not None:
+        same = override_same
+    if override_next is not None:
+        nxt = override_next
+    action = _decide(same, nxt)
+    where = f" on {server}" if server else ""
+    tail = f": {detail}" if detail else ""
+    error: BaseException
+    if status == 400:
+        code = _int_header(lowered.get("x-mars-exit-code"))
+        shown = f"code {code}" if code is not None else "an unknown code"
+        retried = "" if action is Action.FINAL else " (the server asked for a retry)"
+        error = MarsRequestError(
+            f"MARS exited with {shown}{where} before sending any data; "
+            f"the request was rejected{retried}{tail}",
+            returncode=code,
+            server=server,
+        )
+        return Verdict(action, "mars_rejected", error)
+    signal = lowered.get("x-mars-signal")
+    if status == 500 and signal is not None:
+        error = JobKilledError(
+            f"MARS was killed by signal {signal.strip()}{where} before sending any data{tail}"
+        )
+        return Verdict(action, "mars_killed", error)
+    error = PipeStatusError(
+        f"{server or 'the server'} answered HTTP {status} to the job{tail}",
+        status=status,
+        server=server,
+    )
+    return Verdict(action, f"http_{status}", error)
+
+
+def classify_error_trailer(payload: Mapping[str, Any], *, server: str = "") -> Verdict:
+    """Classify the JSON object that followed ``EROR``.
+
+    ``{"exited": N}``: MARS exited with code N after data began; final,
+    class ``mars_rejected``, :class:`~marsconn.errors.MarsRequestError`.
+    ``{"killed": SIG, "retry_same_host": b, "retry_next_host": b}``: class
+    ``mars_killed``, same server / next server / final per the flags (a
+    missing flag takes the default of a 500 answer: retry). Anything else
+    is a malformed body: class ``transfer_broken``, next server.
+    """
+    where = f" on {server}" if server else ""
+    if "exited" in payload:
+        code = payload["exited"]
+        if isinstance(code, int) and not isinstance(code, bool):
+            return Verdict(
+                Action.FINAL,
+                "mars_rejected",
+                MarsRequestError(
+                    f"MARS exited with code {code}{where} while sending data; "
+                    "the partial output was discarded and the request not retried elsewhere",
+                    returncode=code,
+                    server=server,
+                ),
+            )
+    elif "killed" in payload:
+        same = _flag(payload.get("retry_same_host"))
+        nxt = _flag(payload.get("retry_next_host"))
+        action = _decide(True if same is None else same, True if nxt is None else nxt)
+        return Verdict(
+            action,
+            "mars_killed",
+            JobKilledError(
+                f"MARS was killed by signal {payload['killed']}{where} while sending data; "
+                "the partial output was discarded"
+            ),
+        )
+    return Verdict(
+        Action.NEXT_SERVER,
+        "transfer_broken",
+        TransferError(
+            f"{server or 'the server'} sent EROR with an unknown payload "
+            f"{_preview(json.dumps(dict(payload)).encode())}"
+        ),
+    )
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def merged_request(requests: Sequence[Mapping[str, Any]], index: int) -> dict[str, Any]:
+    """Request ``index`` as MARS sees it: ``requests[0..index]`` merged, later keys winning."""
+    merged: dict[str, Any] = {}
+    for request in requests[: index + 1]:
+        merged.update(request)
+    return merged
+
+
+def encode_job(request: Mapping[str, Any], environ: Mapping[str, Any]) -> bytes:
+    """The ``POST /`` body: ``{"request": ..., "environ": ...}`` as JSON."""
+    return json.dumps({"request": dict(request), "environ": dict(environ)}).encode()
+
+
+def encode_request(
+    method: str,
+    target: str,
+    host: str,
+    body: bytes | None = None,
+    *,
+    content_type: str | None = None,
+    userinfo: str | None = None,
+    user_agent: str = "marsconn",
+) -> bytes:
+    """One HTTP/1.1 request, head and body, ready to write.
+
+    ``host`` is the Host header value (``name[:port]``); ``userinfo`` from
+    the server URL becomes HTTP Basic credentials.
+    """
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"User-Agent: {user_agent}"]
+    if userinfo is not None:
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+        lines.append(f"Authorization: Basic {token}")
+    if body is not None:
+        if content_type is not None:
+            lines.append(f"Content-Type: {content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head
+
+
+def _preview(data: bytes, limit: int = 60) -> str:
+    text = data[:limit].decode("utf-8", "replace")
+    return repr(text + ("..." if len(data) > limit else ""))

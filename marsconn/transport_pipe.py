@@ -1,0 +1,764 @@
+"""Pipe (HTTP) transport: MARS's output streamed straight into a temporary file.
+
+The socket edge only: HTTP framing and the meaning of the body's markers
+live in :mod:`marsconn.pipeproto`. One attempt is one connection to one
+server: ``HEAD /`` (the ping), then one ``POST /`` per request of the list,
+each followed by ``GET /<uid>`` (MARS's log, fed to the log sink) and
+``DELETE /<uid>``. Data goes to a hidden temporary file beside the target,
+which replaces the target only once every request ended with ``ENDR``: on
+any failure the target is left exactly as it was.
+
+Reads use a :class:`asyncio.BufferedProtocol` with one preallocated buffer
+rather than :class:`asyncio.StreamReader`: the kernel copies received bytes
+into that buffer, the decoder hands out slices of it, and those slices go
+to ``os.write`` as they are, so no body byte is copied in Python and memory
+stays at one buffer whatever the size of the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+from pathlib import Path
+
+from . import __version__
+from .endpoints import Endpoint, ServerURL
+from .errors import JobKilledError, LogHandlerError, TargetError, TransferError
+from .executor import JobContext
+from .jobstate import ServerLost
+from .pipeproto import (
+    BodyPiece,
+    Data,
+    EndOfRequest,
+    ErrorTrailer,
+    HttpEvent,
+    HttpResponseReader,
+    PipeBodyDecoder,
+    ResponseEnd,
+    ResponseHead,
+    Rewind,
+    classify_error_trailer,
+    classify_status,
+    encode_job,
+    encode_request,
+    merged_request,
+)
+from .plan import ConnectionPlan
+from .result import Action, Outcome
+from .tls import client_context
+
+__all__ = ["READ_SIZE", "PipeTransport", "temp_path_pattern"]
+
+#: Bytes asked of the socket per read, and the size of the one receive buffer.
+READ_SIZE = 1024 * 1024
+# Error answers and their bodies are small; more than this is not read.
+_ERROR_BODY_LIMIT = 1024 * 1024
+# A MARS log line longer than this is passed on in pieces.
+_MAX_LOG_LINE = 64 * 1024
+# TCP keepalive: a peer that vanished without a FIN or RST (powered off,
+# partitioned) is noticed after about idle + interval * count seconds even
+# when read_timeout is long.
+_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+_UID = re.compile(r"[a-f0-9-]{36}")
+_CLOSE_GRACE = 1.0
+
+
+def temp_path_pattern(target: Path) -> re.Pattern[str]:
+    """Matches the names of the temporary files made for ``target``."""
+    return re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]+\.part")
+
+
+def _set_keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive with short probes where the platform allows it."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE:
+        # macOS calls the idle time TCP_KEEPALIVE.
+        option = getattr(socket, name, None)
+        if option is None and name == "TCP_KEEPIDLE":
+            option = getattr(socket, "TCP_KEEPALIVE", None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+# --- the socket ------------------------------------------------------------------------------
+
+
+class _Wire(asyncio.BufferedProtocol):
+    """Receives into one fixed buffer; :meth:`read` hands out views of it.
+
+    A view returned by :meth:`read` stays valid until the next call: new
+    bytes only ever land after it, and the buffer is rewound to its start
+    only once everything handed out was consumed. When the buffer is full,
+    reading from the socket pauses (back pressure), so memory is bounded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first byte not yet handed out
+        self._end = 0  # end of the received bytes
+        self._given = 0  # end of what the last read() handed out
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._aborted = False
+        self.error: BaseException | None = None
+        self.closed = False
+
+    # protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if self._end == len(self._buf) and not self._paused and self._transport is not None:
+            # get_buffer() must never return an empty buffer (TLS would read
+            # that as the end of the stream): stop reading until consumed.
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.closed = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # the consumer's side
+
+    async def read(self, idle: float) -> memoryview:
+        """The bytes received since the last call, waiting up to ``idle`` seconds; empty at EOF."""
+        self._start = self._given
+        if self._start == self._end:
+            self._start = self._end = self._given = 0
+            if self._paused and self._transport is not None:
+                self._paused = False
+                self._transport.resume_reading()
+            if not self._eof:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    async with asyncio.timeout(idle):
+                        await self._waiter
+                finally:
+                    self._waiter = None
+        self._given = self._end
+        return self._view[self._start : self._end]
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending (requests are small: no flow control needed)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.closed:
+            raise ConnectionResetError("the connection is closed")
+        transport.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection at once (the server sees its client gone)."""
+        if self._transport is not None:
+            self._aborted = True
+            self._transport.abort()
+
+    async def aclose(self) -> None:
+        """Close, waiting briefly for the socket to be released."""
+        transport = self._transport
+        if transport is None or self.closed or self._aborted:
+            return
+        transport.close()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(_CLOSE_GRACE):
+                while not self.closed:
+                    self._waiter = loop.create_future()
+                    await self._waiter
+        except TimeoutError:
+            transport.abort()
+        finally:
+            self._waiter = None
+
+
+class _Closed(TransferError):
+    """The connection ended before the response did."""
+
+
+class _Conn:
+    """One HTTP/1.1 client connection: one request at a time."""
+
+    def __init__(self, wire: _Wire) -> None:
+        self.wire = wire
+        self.reader = HttpResponseReader()
+        self._queued: list[HttpEvent] = []
+
+    @property
+    def reusable(self) -> bool:
+        return self.reader.reusable and not self.wire.closed
+
+    def send(self, request: bytes, method: str) -> None:
+        self.reader.expect(method)
+        self.wire.write(request)
+
+    async def events(self, idle: float) -> list[HttpEvent]:
+        """The next events of the current response.
+
+        Raises TimeoutError after ``idle`` seconds without a byte, TransferError
+        (``_Closed`` if the connection ended) for a broken response.
+        """
+        if self._queued:
+            events, self._queued = self._queued, []
+            return events
+        while True:
+            view = await self.wire.read(idle)
+            if view:
+                events = self.reader.feed(view)
+            else:
+                try:
+                    events = self.reader.feed_eof()
+                except TransferError as exc:
+                    cause = f" ({self.wire.error})" if self.wire.error else ""
+                    raise _Closed(f"{exc}{cause}") from None
+                if not events:
+                    raise _Closed("connection closed")
+            if events:
+                return events
+
+    async def head(self, idle: float) -> ResponseHead:
+        """Wait for the response head; body events that came with it are kept for later."""
+        while True:
+            events = await self.events(idle)
+            for i, event in enumerate(events):
+                if isinstance(event, ResponseHead):
+                    self._queued = events[i + 1 :]
+                    return event
+
+    async def body(self, limit: int, idle: float) -> bytes:
+        """The rest of a small body (at most ``limit`` bytes are kept)."""
+        parts = bytearray()
+        while True:
+            for event in await self.events(idle):
+                if isinstance(event, BodyPiece):
+                    if len(parts) < limit:
+                        parts += event.data[: limit - len(parts)]
+                elif isinstance(event, ResponseEnd):
+                    return bytes(parts)
+
+
+async def _open(url: ServerURL, plan: ConnectionPlan) -> _Conn:
+    """Connect (TCP, then TLS for https) within the connect timeout."""
+    loop = asyncio.get_running_loop()
+    wire = _Wire(READ_SIZE)
+    tls = client_context(plan.ca_bundle) if url.is_tls else None
+    async with asyncio.timeout(plan.timeouts.connect):
+        transport, _ = await loop.create_connection(
+            lambda: wire,
+            url.host,
+            url.effective_port,
+            ssl=tls,
+            server_hostname=url.host if tls is not None else None,
+        )
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        _set_keepalive(sock)
+    return _Conn(wire)
+
+
+def _connect_failure(exc: BaseException, server: str, seconds: float) -> Outcome:
+    if isinstance(exc, TimeoutError):
+        cls, text = "connect_timeout", f"no TCP/TLS connection within {seconds:g}s"
+    elif isinstance(exc, ConnectionRefusedError):
+        cls, text = "connect_refused", "connection refused"
+    elif isinstance(exc, socket.gaierror):
+        cls, text = "dns_failure", f"host name lookup failed ({exc.strerror or exc})"
+    elif isinstance(exc, ssl.SSLError):
+        cls, text = "tls_error", f"TLS failed: {exc}"
+    else:
+        cls, text = "connect_error", f"cannot connect: {exc}"
+    return Outcome.failed(Action.NEXT_SERVER, cls, ServerLost(f"{server}: {text}"), eject=True)
+
+
+class _Session:
+    """The connection(s) of one attempt on one server."""
+
+    def __init__(self, endpoint: Endpoint, plan: ConnectionPlan) -> None:
+        self.url = endpoint.url
+        self.plan = plan
+        self.server = endpoint.url.display()
+        self.conn: _Conn | None = None
+        base, _, query = self.url.path.partition("?")
+        self._base = base.rstrip("/")
+        self._query = f"?{query}" if query else ""
+        port = f":{self.url.port}" if self.url.port is not None else ""
+        self._host = f"{self.url.netloc_host}{port}"
+
+    def request(self, method: str, name: str = "", body: bytes | None = None) -> tuple[bytes, str]:
+        target = f"{self._base}/{name}{self._query}"
+        data = encode_request(
+            method,
+            target,
+            self._host,
+            body,
+            content_type="application/json" if body is not None else None,
+            userinfo=self.url.userinfo,
+            user_agent=f"marsconn/{__version__}",
+        )
+        return data, method
+
+    async def ensure(self) -> _Conn:
+        """The open connection, or a new one when it cannot carry another request."""
+        if self.conn is not None and self.conn.reusable:
+            return self.conn
+        if self.conn is not None:
+            await self.conn.wire.aclose()
+        self.conn = None
+        self.conn = await _open(self.url, self.plan)
+        return self.conn
+
+    def abort(self) -> None:
+        if self.conn is not None:
+            self.conn.wire.abort()
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.wire.aclose()
+
+
+# --- the output file --------------------------------------------------------------------------
+
+
+class _PartFile:
+    """The hidden temporary file beside the target that collects the output."""
+
+    def __init__(self, target: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            path = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+            try:
+                # 0o666 and the umask give the file the mode a plain open() would.
+                self.fd = os.open(path, flags, 0o666)
+            except FileExistsError:
+                continue
+            break
+        self.path = path
+        self.size = 0
+        self.open = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            raise TargetError(f"cannot write the output to {self.path}: {exc}") from exc
+
+    def truncate(self, offset: int) -> None:
+        if offset == self.size:
+            return
+        try:
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+        except OSError as exc:
+            raise TargetError(f"cannot truncate {self.path}: {exc}") from exc
+        self.size = offset
+
+    async def commit(self, target: Path) -> None:
+        """fsync, then atomically rename onto ``target``."""
+        loop = asyncio.get_running_loop()
+        # fsync of a large file can take seconds: keep the event loop free.
+        sync = loop.run_in_executor(None, os.fsync, self.fd)
+        try:
+            await asyncio.shield(sync)
+        except asyncio.CancelledError:
+            # The fd must not be closed under the thread still using it.
+            with contextlib.suppress(Exception):
+                await sync
+            raise
+        self.close()
+        os.replace(self.path, target)
+        _fsync_dir(target.parent)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            os.close(self.fd)
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; not every platform or filesystem allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the transport ----------------------------------------------------------------------------
+
+
+class _LineSplitter:
+    """Turns a log body's pieces into lines without holding more than one line."""
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
+        self._partial += data
+        lines: list[str] = []
+        while True:
+            nl = self._partial.find(b"\n")
+            if nl == -1:
+                if len(self._partial) >= _MAX_LOG_LINE:
+                    lines.append(self._take(_MAX_LOG_LINE))
+                    continue
+                return lines
+            lines.append(self._take(nl + 1))
+
+    def flush(self) -> list[str]:
+        return [self._take(len(self._partial))] if self._partial else []
+
+    def _take(self, n: int) -> str:
+        raw = bytes(self._partial[:n])
+        del self._partial[:n]
+        return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _json_lines(body: bytes) -> list[str]:
+    """Lines worth showing from an error answer's body: its text fields, or the text itself."""
+    text = body.decode("utf-8", "replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        texts = [v for v in payload.values() if isinstance(v, str)]
+        return [line for t in texts for line in t.splitlines() if line.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _preview(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+class PipeTransport:
+    """Runs a retrieval on pipe servers, one attempt at a time; see the module docstring.
+
+    Keeps the retrieval's progress between attempts: the temporary file and
+    how many requests of the list are complete in it, so that after a
+    failure the next server resumes at the failed request instead of
+    running the completed ones again. One instance per retrieval.
+    """
+
+    def __init__(self) -> None:
+        self._part: _PartFile | None = None
+        self._done = 0  # requests whose data is complete in the file
+        self._mark = 0  # file size when the first incomplete request began
+        self._job_id: str | None = None
+
+    async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
+        """One attempt; see :class:`marsconn.executor.Transport`."""
+        session = _Session(endpoint, ctx.plan)
+        try:
+            return await self._attempt(session, ctx)
+        except asyncio.CancelledError:
+            # Nobody will read this job's output: dropping the connection
+            # is how the pipe server learns to kill MARS.
+            session.abort()
+            raise
+        finally:
+            await session.close()
+
+    async def cleanup(self, ctx: JobContext, success: bool) -> None:
+        """Remove the temporary file if it is still there."""
+        if self._part is not None:
+            self._part.discard()
+
+    async def _attempt(self, session: _Session, ctx: JobContext) -> Outcome:
+        try:
+            if self._part is None:
+                self._part = _PartFile(ctx.target)
+            part = self._part
+            # Whatever a failed attempt left after the last complete request goes.
+            part.truncate(self._mark)
+        except (OSError, TargetError) as exc:
+            return _target_failure(exc, ctx.target)
+        timeouts = ctx.plan.timeouts
+        try:
+            await session.ensure()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _connect_failure(exc, session.server, timeouts.connect)
+        failure = await self._ping(session)
+        if failure is not None:
+            return failure
+        while self._done < len(ctx.requests):
+            try:
+                result = await self._run_request(session, ctx, part, self._done)
+            except TargetError as exc:
+                return Outcome.failed(Action.FINAL, "target_error", exc, job_id=self._job_id)
+            if isinstance(result, Outcome):
+                return result
+            self._done += 1
+            self._mark = part.size
+            failure = await self._fetch_log(session, ctx, result)
+            if failure is not None:
+                return failure
+            if ctx.job.kill_requested:
+                return Outcome.failed(
+                    Action.FINAL,
+                    "killed",
+                    JobKilledError(
+                        f"the job was killed on request after {self._done} of "
+                        f"{len(ctx.requests)} requests on {session.server}; "
+                        "the output was discarded"
+                    ),
+                    job_id=self._job_id,
+                )
+        try:
+            await part.commit(ctx.target)
+        except OSError as exc:
+            return _target_failure(exc, ctx.target)
+        return Outcome.success(part.size, self._job_id)
+
+    async def _ping(self, session: _Session) -> Outcome | None:
+        """``HEAD /``: any answer within the request timeout shows the server is alive."""
+        limit = session.plan.timeouts.request
+        try:
+            conn = await session.ensure()
+            conn.send(*session.request("HEAD"))
+            await conn.head(limit)
+            await conn.body(0, limit)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            return Outcome.failed(
+                Action.NEXT_SERVER,
+                "ping_timeout",
+                ServerLost(f"{session.server} did not answer the ping (HEAD /) within {limit:g}s"),
+                eject=True,
+            )
+        except (TransferError, OSError) as exc:
+            return Outcome.failed(
+                Action.NEXT_SERVER,
+                "ping_failed",
+                ServerLost(f"{session.server}: the ping (HEAD /) failed: {exc}"),
+                eject=True,
+            )
+        return None
+
+    async def _run_request(
+        self, session: _Session, ctx: JobContext, part: _PartFile, index: int
+    ) -> Outcome | str | None:
+        """``POST /`` request ``index``; its uid (None if not given) or the failure."""
+        timeouts = ctx.plan.timeouts
+        server = session.server
+        try:
+            conn = await session.ensure()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _connect_failure(exc, server, timeouts.connect)
+        body = encode_job(merged_request(ctx.requests, index), ctx.environ)
+        decoder = PipeBodyDecoder()
+        start = part.size
+        uid: str | None = None
+        try:
+            conn.send(*session.request("POST", body=body))
+            head = await conn.head(timeouts.read)
+            if head.status != 200:
+                return await self._refused(conn, head, ctx, server)
+            if not head.chunked:
+                return Outcome.failed(
+                    Action.NEXT_SERVER,
+                    "protocol_error",
+                    TransferError(
+                        f"{server} answered the job without the chunked coding, so the "
+                        "RWND/ENDR/EROR markers cannot be told from data"
+                    ),
+                    eject=True,
+                )
+            uid = head.headers.get("x-mars-uid")
+            if uid:
+                self._job_id = ctx.job.job_id = uid
+            while True:
+                for event in await conn.events(timeouts.read):
+                    if type(event) is BodyPiece:
+                        for item in decoder.feed(event.data, event.chunk_start, event.chunk_end):
+                            if type(item) is Data:
+                                part.write(item.data)
+                            elif type(item) is Rewind:
+                                part.truncate(start)
+                            elif type(item) is ErrorTrailer:
+                                part.truncate(start)
+                                verdict = classify_error_trailer(item.payload, server=server)
+                                assert verdict.error is not None
+                                return Outcome.failed(
+                                    verdict.action,
+                                    verdict.error_class or "mars_failed",
+                                    verdict.error,
+                                    eject=verdict.error_class == "transfer_broken",
+                                    job_id=uid,
+                                )
+                            else:
+                                assert type(item) is EndOfRequest
+                    elif type(event) is ResponseEnd:
+                        decoder.finish()
+                        return uid
+        except _Closed as exc:
+            if decoder.ended:
+                return uid  # ENDR came: the data is complete, only the HTTP ending is missing
+            return self._broken(exc, server, part.size - start)
+        except TimeoutError:
+            if decoder.ended:
+                return uid
+            part.truncate(start)
+            return Outcome.failed(
+                Action.NEXT_SERVER,
+                "read_timeout",
+                ServerLost(
+                    f"nothing received from {server} for {timeouts.read:g}s "
+                    f"(read_timeout) after {decoder.data_bytes} data bytes"
+                ),
+                eject=True,
+                job_id=self._job_id,
+            )
+        except (TransferError, OSError) as exc:
+            return self._broken(exc, server, part.size - start)
+
+    def _broken(self, exc: BaseException, server: str, nbytes: int) -> Outcome:
+        return Outcome.failed(
+            Action.NEXT_SERVER,
+            "transfer_broken",
+            TransferError(f"transfer from {server} broke after {nbytes} bytes: {exc}"),
+            eject=True,
+            job_id=self._job_id,
+        )
+
+    async def _refused(
+        self, conn: _Conn, head: ResponseHead, ctx: JobContext, server: str
+    ) -> Outcome:
+        """Classify a non-200 answer; for a rejection, tell the log why."""
+        try:
+            body = await conn.body(_ERROR_BODY_LIMIT, ctx.plan.timeouts.read)
+        except (TimeoutError, TransferError, OSError) as exc:
+            body = f"(the answer's body could not be read: {exc})".encode()
+        verdict = classify_status(head.status, head.headers, server=server, detail=_preview(body))
+        assert verdict.error is not None
+        if verdict.error_class == "mars_rejected":
+            try:
+                for line in _json_lines(body):
+                    await ctx.sink.line(line)
+                await ctx.sink.line(f"marsconn - ERROR - {verdict.error}")
+            except LogHandlerError as exc:
+                return Outcome.failed(Action.FINAL, "log_handler_error", exc)
+        return Outcome.failed(verdict.action, verdict.error_class or "http_error", verdict.error)
+
+    async def _fetch_log(
+        self, session: _Session, ctx: JobContext, uid: str | None
+    ) -> Outcome | None:
+        """Feed MARS's log to the sink, then delete it on the server; only the sink can fail."""
+        server = session.server
+        try:
+            if uid is None or _UID.fullmatch(uid) is None:
+                await ctx.sink.line(
+                    f"marsconn - WARNING - could not fetch the MARS log from {server}: "
+                    f"the answer carried no valid X-MARS-UID ({uid!r})"
+                )
+                return None
+            reason = await self._stream_log(session, ctx, uid)
+            if reason is not None:
+                await ctx.sink.line(
+                    f"marsconn - WARNING - could not fetch the MARS log from {server}: {reason}"
+                )
+            if reason is None or "404" not in reason:
+                reason = await self._delete_log(session, uid)
+                if reason is not None:
+                    await ctx.sink.line(
+                        f"marsconn - WARNING - could not delete the MARS log on {server}: {reason}"
+                    )
+        except LogHandlerError as exc:
+            return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=uid)
+        return None
+
+    async def _stream_log(self, session: _Session, ctx: JobContext, uid: str) -> str | None:
+        """``GET /<uid>`` line by line into the sink; the reason if it failed."""
+        limit = ctx.plan.timeouts.request
+        splitter = _LineSplitter()
+        try:
+            conn = await session.ensure()
+            conn.send(*session.request("GET", uid))
+            head = await conn.head(limit)
+            if head.status != 200:
+                await conn.body(0, limit)
+                return f"HTTP {head.status}"
+            while True:
+                for event in await conn.events(limit):
+                    if isinstance(event, BodyPiece):
+                        for line in splitter.feed(event.data):
+                            await ctx.sink.line(line)
+                    elif isinstance(event, ResponseEnd):
+                        for line in splitter.flush():
+                            await ctx.sink.line(line)
+                        return None
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            return f"no answer within {limit:g}s"
+        except LogHandlerError:
+            raise
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
+
+    async def _delete_log(self, session: _Session, uid: str) -> str | None:
+        """``DELETE /<uid>``; the reason if it failed."""
+        limit = session.plan.timeouts.request
+        try:
+            conn = await session.ensure()
+            conn.send(*session.request("DELETE", uid))
+            head = await conn.head(limit)
+            await conn.body(0, limit)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            return f"no answer within {limit:g}s"
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
+        return None if 200 <= head.status < 300 else f"HTTP {head.status}"
+
+
+def _target_failure(exc: BaseException, target: Path) -> Outcome:
+    error = exc if isinstance(exc, TargetError) else TargetError(f"cannot write {target}: {exc}")
+    return Outcome.failed(Action.FINAL, "target_error", error)

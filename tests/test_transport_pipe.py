@@ -1,0 +1,796 @@
+"""The executor in pipe mode, against real servers on 127.0.0.1.
+
+Every row of the pipe failover table in docs/pipe-mode.md has a test here.
+Servers run on background event loops (the ``mars_pipe_server_factory``
+fixture) unless a test needs a hand-made server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+import marsconn
+from marsconn import JobKilledError, LogHandlerError, MarsRequestError
+from marsconn.health import ServerHealth
+from marsconn.testing import (
+    MarsScript,
+    PipeMarsServer,
+    PostRecord,
+    SilentServer,
+    dead_url,
+    iter_data,
+    run_in_thread,
+)
+from marsconn.testing import expected_data as expected
+from marsconn.transport_pipe import _set_keepalive, temp_path_pattern
+
+Factory = Callable[..., PipeMarsServer]
+LOG = ("mars - INFO - Transferring 3 fields", "mars - WARNING - slow tape", "chatter")
+
+
+class NullAudit:
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    def warning(self, event: str, **kw: Any) -> None:
+        pass
+
+
+def plan(urls: list[str], **overrides: Any) -> marsconn.ConnectionPlan:
+    settings: dict[str, Any] = {
+        "servers": urls,
+        "failover_order": "listed",
+        "retry_delay": 0,
+        "max_retries": 1,
+        "connect_timeout": 2,
+        "request_timeout": 2,
+        "read_timeout": 5,
+    }
+    settings.update(overrides)
+    return marsconn.resolve_plan(env={}, overrides=settings, logger=NullAudit())
+
+
+async def run(
+    p: marsconn.ConnectionPlan,
+    environ: dict[str, str],
+    target: Path,
+    requests: Any = None,
+    **kw: Any,
+) -> marsconn.Result:
+    kw.setdefault("health", ServerHealth())
+    kw.setdefault("audit_logger", NullAudit())
+    return await marsconn.execute_async(
+        p, {"param": "2t"} if requests is None else requests, environ, target, **kw
+    )
+
+
+def classes(result: marsconn.Result) -> list[str | None]:
+    return [a.error_class for a in result.attempts]
+
+
+# Tests touch small local files synchronously; these helpers say so once.
+
+
+def content(path: Path) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def put(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def matches_stream(path: Path, size: int, seed: int) -> bool:
+    """Whether ``path`` holds exactly ``expected_data(size, seed)``, compared piecewise."""
+    with path.open("rb") as f:
+        for piece in iter_data(size, seed=seed, chunk_size=4 * 1024 * 1024):
+            if f.read(len(piece)) != piece:
+                return False
+        return f.read(1) == b""
+
+
+async def settled(record: PostRecord, within: float = 5.0) -> str:
+    """The outcome of a POST once the server has finished answering it."""
+    for _ in range(int(within / 0.01)):
+        if record.outcome != "dropped":
+            break
+        await asyncio.sleep(0.01)
+    return record.outcome
+
+
+def leftovers(target: Path) -> list[str]:
+    """Temporary files of ``target`` still in its directory."""
+    pattern = temp_path_pattern(target)
+    return [p.name for p in target.parent.iterdir() if pattern.fullmatch(p.name)]
+
+
+@pytest.fixture
+def factory(mars_pipe_server_factory: Factory) -> Factory:
+    return mars_pipe_server_factory
+
+
+# --- success, markers -------------------------------------------------------------------------
+
+
+async def test_success_streams_output_and_fetches_the_log(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=300_000, seed=3, log_lines=LOG))
+    seen: list[str] = []
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        seen.append(line)
+        return line
+
+    result = await run(plan([server.url]), mars_environ, mars_target, log_handler=handler)
+    assert result.ok, result.error
+    assert (result.server, result.bytes, result.mode) == (server.url, 300_000, "pipe")
+    assert content(mars_target) == expected(300_000, seed=3)
+    assert leftovers(mars_target) == []
+    (post,) = server.posts
+    assert (post.request, post.environ, post.outcome) == (
+        {"param": "2t"},
+        mars_environ,
+        "complete",
+    )
+    assert result.attempts[0].job_id == post.uid
+    assert seen == list(LOG)
+    assert result.message == "\n".join(LOG)
+    assert server.deleted == [post.uid]
+    assert server.logs == {}
+
+
+async def test_default_filter_keeps_only_meaningful_lines(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(log_lines=LOG))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok
+    assert result.message == "mars - INFO - Transferring 3 fields\nmars - WARNING - slow tape"
+
+
+async def test_rewind_mid_stream_keeps_the_data_once(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=200_000, rewind_after=150_000, chunk_size=10_000))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert server.posts[0].bytes_sent == 350_000  # the server did send the first pass
+    assert content(mars_target) == expected(200_000)
+    assert result.bytes == 200_000
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 5])
+async def test_tiny_data_chunks_are_data_not_markers(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, chunk_size: int
+) -> None:
+    # Every 4-byte chunk is a marker candidate; none of these spells one.
+    server = factory(MarsScript(output_size=2000, chunk_size=chunk_size))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == expected(2000)
+
+
+async def test_empty_output_succeeds_with_an_empty_file(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=0))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == b""
+
+
+async def test_replaces_an_existing_target_only_on_success(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    put(mars_target, b"old")
+    server = factory(MarsScript(output_size=5000))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok
+    assert content(mars_target) == expected(5000)
+
+
+async def test_eror_exited_is_final_and_not_retried_elsewhere(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(
+        MarsScript(output_size=100_000, error_after=50_000, error_payload={"exited": 3})
+    )
+    second = factory()
+    result = await run(plan([first.url, second.url], max_retries=3), mars_environ, mars_target)
+    assert isinstance(result.error, MarsRequestError)
+    assert result.error.returncode == 3
+    assert classes(result) == ["mars_rejected"]
+    # The client stops reading at the EROR payload; the server thread records the
+    # outcome only once its last write has drained.
+    assert await settled(first.posts[0]) == "error"
+    assert second.posts == []
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+@pytest.mark.parametrize(
+    ("same", "nxt", "first_posts", "ok"),
+    [
+        (False, True, 1, True),  # next host at once
+        (True, True, 3, True),  # same host (1 + same_host_retries), then the next
+        (False, False, 1, False),  # final
+    ],
+)
+async def test_eror_killed_follows_the_retry_flags(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    same: bool,
+    nxt: bool,
+    first_posts: int,
+    ok: bool,
+) -> None:
+    payload = {"killed": 9, "retry_same_host": same, "retry_next_host": nxt}
+    first = factory(MarsScript(output_size=10_000, error_after=5000, error_payload=payload))
+    second = factory(MarsScript(output_size=10_000))
+    result = await run(
+        plan([first.url, second.url], same_host_retries=2), mars_environ, mars_target
+    )
+    assert len(first.posts) == first_posts
+    assert set(classes(result)[:first_posts]) == {"mars_killed"}
+    if ok:
+        assert result.ok, result.error
+        assert content(mars_target) == expected(10_000)
+    else:
+        assert isinstance(result.error, JobKilledError)
+        assert second.posts == []
+        assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+# --- statuses ---------------------------------------------------------------------------------
+
+
+async def test_400_is_final_and_explained(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(returncode=2))
+    second = factory()
+    result = await run(plan([first.url, second.url], max_retries=3), mars_environ, mars_target)
+    assert isinstance(result.error, MarsRequestError)
+    assert result.error.returncode == 2
+    assert classes(result) == ["mars_rejected"]
+    assert len(first.posts) == 1
+    assert second.posts == []
+    assert "MARS exited with code 2" in result.message
+    assert '{"exited": 2}' in result.message
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_transient_status_retried_on_the_same_host_then_the_next(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, status: int
+) -> None:
+    first = factory(MarsScript(http_status=status))
+    second = factory(MarsScript(output_size=1000))
+    result = await run(
+        plan([first.url, second.url], same_host_retries=2), mars_environ, mars_target
+    )
+    assert result.ok, result.error
+    assert len(first.posts) == 3
+    expected_class = "mars_killed" if status == 500 else f"http_{status}"
+    assert classes(result) == [expected_class] * 3 + [None]
+    # The executor moves on after same_host_retries, whatever the third answer asked.
+    assert [a.outcome for a in result.attempts] == ["same_server"] * 3 + ["success"]
+
+
+@pytest.mark.parametrize("status", [429, 404])
+async def test_other_statuses_go_to_the_next_host_at_once(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, status: int
+) -> None:
+    first = factory(MarsScript(http_status=status))
+    second = factory(MarsScript(output_size=1000))
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert len(first.posts) == 1
+    assert classes(result) == [f"http_{status}", None]
+
+
+@pytest.mark.parametrize(
+    ("script", "first_posts", "ok"),
+    [
+        (MarsScript(http_status=503, retry_same_host=False), 1, True),
+        (MarsScript(http_status=500, retry_same_host=False, retry_next_host=False), 1, False),
+        (MarsScript(http_status=429, retry_same_host=True), 3, True),
+        (MarsScript(http_status=404, retry_next_host=False), 1, False),
+        (MarsScript(returncode=1, retry_next_host=True), 1, True),
+    ],
+)
+async def test_retry_headers_override_the_defaults(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    script: MarsScript,
+    first_posts: int,
+    ok: bool,
+) -> None:
+    first = factory(script)
+    second = factory(MarsScript(output_size=1000))
+    result = await run(
+        plan([first.url, second.url], same_host_retries=2), mars_environ, mars_target
+    )
+    assert len(first.posts) == first_posts
+    assert result.ok is ok
+    assert len(second.posts) == (1 if ok else 0)
+
+
+# --- connection failures ----------------------------------------------------------------------
+
+
+async def test_refused_server_is_skipped_without_sleep(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000))
+    health = ServerHealth()
+    dead = dead_url("http")
+    # A huge retry_delay would show up as a second pass; both attempts are in pass 1.
+    result = await run(
+        plan([dead, server.url], retry_delay=60), mars_environ, mars_target, health=health
+    )
+    assert result.ok, result.error
+    assert classes(result) == ["connect_refused", None]
+    assert [a.pass_number for a in result.attempts] == [1, 1]
+    assert health.is_ejected(dead)
+
+
+async def test_dns_failure_moves_on(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000))
+    result = await run(
+        plan(["http://-no-such-host-.invalid:9000", server.url]), mars_environ, mars_target
+    )
+    assert result.ok, result.error
+    assert classes(result) == ["dns_failure", None]
+
+
+async def test_unanswered_ping_moves_on(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000))
+    async with SilentServer() as silent:
+        result = await run(
+            plan([silent.url_for("http"), server.url], request_timeout=0.3),
+            mars_environ,
+            mars_target,
+        )
+    assert result.ok, result.error
+    assert classes(result) == ["ping_timeout", None]
+
+
+async def test_mid_body_drop_moves_on(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(output_size=300_000, die_after_bytes=100_000))
+    second = factory(MarsScript(output_size=300_000))
+    health = ServerHealth()
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target, health=health)
+    assert result.ok, result.error
+    assert classes(result) == ["transfer_broken", None]
+    assert "after 100000 bytes" in str(result.attempts[0].error)
+    assert health.is_ejected(first.url)
+    assert content(mars_target) == expected(300_000)
+
+
+@pytest.mark.parametrize("existed", [True, False])
+async def test_failure_leaves_the_target_as_it_was(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, existed: bool
+) -> None:
+    if existed:
+        put(mars_target, b"previous output")
+    servers = [factory(MarsScript(output_size=300_000, die_after_bytes=200_000)) for _ in range(2)]
+    result = await run(plan([s.url for s in servers], max_retries=2), mars_environ, mars_target)
+    assert isinstance(result.error, marsconn.NoServerAvailableError)
+    assert classes(result) == ["transfer_broken"] * 4
+    if existed:
+        assert content(mars_target) == b"previous output"
+    else:
+        assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+    assert sorted(p.name for p in mars_target.parent.iterdir()) == (
+        [mars_target.name] if existed else []
+    )
+
+
+async def test_body_without_endr_is_a_broken_transfer(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(output_size=5000, omit_endr=True))
+    second = factory(MarsScript(output_size=5000))
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert classes(result) == ["transfer_broken", None]
+    assert "without ENDR" in str(result.attempts[0].error)
+    assert content(mars_target) == expected(5000)
+
+
+async def test_silent_server_hits_the_read_timeout(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(output_size=1000, run_time=2.0))
+    second = factory(MarsScript(output_size=1000))
+    health = ServerHealth()
+    result = await run(
+        plan([first.url, second.url], read_timeout=0.3), mars_environ, mars_target, health=health
+    )
+    assert result.ok, result.error
+    assert classes(result) == ["read_timeout", None]
+    assert health.is_ejected(first.url)
+    assert content(mars_target) == expected(1000)
+
+
+async def test_stall_mid_body_hits_the_read_timeout(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # Data flows, then nothing: each read is bounded, not just the first.
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n", hang=True) as url:
+        result = await run(plan([url], read_timeout=0.3), mars_environ, mars_target)
+    assert classes(result) == ["read_timeout"]
+    assert "after 3 data bytes" in str(result.attempts[0].error)
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+# --- lists of requests ------------------------------------------------------------------------
+
+
+def by_step(scripts: dict[int, MarsScript]) -> Callable[[list[dict[str, Any]]], MarsScript]:
+    """A script function choosing by the merged request's ``step`` key."""
+    return lambda requests: scripts[requests[0]["step"]]
+
+
+REQUESTS = [{"class": "ea", "param": "2t", "step": 1}, {"param": "tp", "step": 2}]
+
+
+async def test_request_list_is_appended_and_only_the_current_request_rewinds(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(
+        by_step(
+            {
+                1: MarsScript(output_size=100_000, seed=1),
+                2: MarsScript(output_size=150_000, seed=2, rewind_after=60_000),
+            }
+        )
+    )
+    result = await run(plan([server.url]), mars_environ, mars_target, requests=REQUESTS)
+    assert result.ok, result.error
+    assert content(mars_target) == expected(100_000, seed=1) + expected(150_000, seed=2)
+    assert result.bytes == 250_000
+    assert [p.request for p in server.posts] == [
+        {"class": "ea", "param": "2t", "step": 1},
+        {"class": "ea", "param": "tp", "step": 2},  # merged, later keys winning
+    ]
+    assert len(server.deleted) == 2
+
+
+async def test_failure_in_the_second_request_resumes_there_on_the_next_server(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(
+        by_step(
+            {
+                1: MarsScript(output_size=100_000, seed=1),
+                2: MarsScript(output_size=150_000, seed=2, die_after_bytes=70_000),
+            }
+        )
+    )
+    second = factory(
+        by_step(
+            {
+                1: MarsScript(output_size=999, seed=9),  # must never run
+                2: MarsScript(output_size=150_000, seed=2),
+            }
+        )
+    )
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target, requests=REQUESTS)
+    assert result.ok, result.error
+    assert classes(result) == ["transfer_broken", None]
+    assert [p.outcome for p in first.posts] == ["complete", "dropped"]
+    assert [p.request for p in second.posts] == [{"class": "ea", "param": "tp", "step": 2}]
+    assert content(mars_target) == expected(100_000, seed=1) + expected(150_000, seed=2)
+
+
+async def test_rejection_of_the_second_request_discards_everything(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(by_step({1: MarsScript(output_size=1000), 2: MarsScript(returncode=4)}))
+    result = await run(plan([server.url]), mars_environ, mars_target, requests=REQUESTS)
+    assert isinstance(result.error, MarsRequestError)
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+class _NoLogs(dict[str, str]):
+    """Stands in for the server's log store and keeps nothing: GET /<uid> answers 404."""
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pass
+
+
+async def test_log_fetch_failure_is_not_fatal(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000, log_lines=LOG))
+    server.logs = _NoLogs()
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert f"could not fetch the MARS log from {server.url}: HTTP 404" in result.message
+    assert server.deleted == []  # nothing to delete after a 404
+    assert content(mars_target) == expected(1000)
+
+
+async def test_log_fetch_connection_failure_is_not_fatal(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # The log answer is garbage: the note says so, and the retrieval itself succeeded.
+    body = OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n0\r\n\r\n"
+    async with canned_server(body, log_answer=b"garbage\r\n\r\n") as url:
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == b"abc"
+    assert "could not fetch the MARS log" in result.message
+    assert "malformed status line" in result.message
+
+
+async def test_raising_log_handler_is_final(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(output_size=1000, log_lines=LOG))
+    second = factory()
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        raise ValueError("boom")
+
+    result = await run(
+        plan([first.url, second.url]), mars_environ, mars_target, log_handler=handler
+    )
+    assert isinstance(result.error, LogHandlerError)
+    assert classes(result) == ["log_handler_error"]
+    assert second.posts == []
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+async def test_kill_from_the_log_handler_stops_the_list(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000, log_lines=LOG))
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        job.kill()
+        return line
+
+    result = await run(
+        plan([server.url]), mars_environ, mars_target, requests=REQUESTS, log_handler=handler
+    )
+    assert isinstance(result.error, JobKilledError)
+    assert classes(result) == ["killed"]
+    assert len(server.posts) == 1  # the second request never ran
+    assert content(mars_target) is None
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(factory: Factory) -> tuple[PipeMarsServer, trustme.CA]:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    return factory(MarsScript(output_size=200_000), ssl=context), ca
+
+
+async def test_https_verifies_with_the_ca_bundle(
+    tls_server: tuple[PipeMarsServer, trustme.CA],
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    tmp_path: Path,
+) -> None:
+    server, ca = tls_server
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    result = await run(plan([server.url], ca_bundle=str(bundle)), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert server.url.startswith("https://localhost:")
+    assert content(mars_target) == expected(200_000)
+    assert len(server.deleted) == 1
+
+
+async def test_https_rejects_an_unknown_certificate(
+    tls_server: tuple[PipeMarsServer, trustme.CA],
+    mars_environ: dict[str, str],
+    mars_target: Path,
+) -> None:
+    server, _ = tls_server
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert classes(result) == ["tls_error"]
+    assert "certificate" in str(result.attempts[0].error).lower()
+    assert server.posts == []
+
+
+# --- size, cancellation, sync -----------------------------------------------------------------
+
+
+async def test_large_transfer_is_byte_exact(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    size = 64 * 1024 * 1024
+    server = factory(MarsScript(output_size=size, seed=5, chunk_size=1024 * 1024))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert result.bytes == size
+    assert matches_stream(mars_target, size, seed=5)
+
+
+@pytest.mark.parametrize("existed", [True, False])
+async def test_cancellation_drops_the_connection_and_the_temp_file(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, existed: bool
+) -> None:
+    if existed:
+        put(mars_target, b"previous output")
+    server = factory(MarsScript(output_size=50_000_000, chunk_size=65536, line_delay=0.01))
+    task = asyncio.create_task(run(plan([server.url]), mars_environ, mars_target))
+    temp: list[str] = []
+    for _ in range(500):
+        temp = leftovers(mars_target)
+        if server.posts and server.posts[0].bytes_sent > 200_000 and temp:
+            break
+        await asyncio.sleep(0.01)
+    assert temp, "the transfer did not start"
+    assert temp[0].startswith(f".{mars_target.name}.")  # hidden, beside the target
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers(mars_target) == []
+    if existed:
+        assert content(mars_target) == b"previous output"
+    else:
+        assert content(mars_target) is None
+    # The server notices its client is gone: it stops sending.
+    sent = -1
+    for _ in range(200):
+        if server.posts[0].bytes_sent == sent:
+            break
+        sent = server.posts[0].bytes_sent
+        await asyncio.sleep(0.05)
+    assert server.posts[0].outcome == "dropped"
+    assert server.posts[0].bytes_sent < 50_000_000
+
+
+def test_sync_execute_with_a_server_thread(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    with run_in_thread(PipeMarsServer(MarsScript(output_size=70_000, log_lines=LOG))) as server:
+        result = marsconn.execute(
+            plan([server.url]),
+            [{"param": "2t"}],
+            mars_environ,
+            str(mars_target),
+            health=ServerHealth(),
+            audit_logger=NullAudit(),
+        )
+    assert result.ok, result.error
+    assert content(mars_target) == expected(70_000)
+    assert "Transferring 3 fields" in result.message
+
+
+def test_keepalive_is_set_on_sockets() -> None:
+    with socket.socket() as sock:
+        _set_keepalive(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+
+
+# --- malformed answers, from a hand-made server -----------------------------------------------
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nX-MARS-UID: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % (b"0" * 36)
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def canned_server(
+    answer: bytes, *, hang: bool = False, log_answer: bytes | None = None
+) -> AsyncIterator[str]:
+    """Answers the ping, then ``answer`` to ``POST /``, then closes (or hangs).
+
+    With ``log_answer`` the connection stays open after the job and that is
+    the answer to the next request (the log fetch).
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                if head.startswith(b"HEAD"):
+                    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                elif head.startswith(b"POST"):
+                    writer.write(answer)
+                    await writer.drain()
+                    if hang:
+                        await asyncio.sleep(3600)
+                    if log_answer is None:
+                        break
+                else:
+                    writer.write(
+                        log_answer or b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    await writer.drain()
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error_class", "message"),
+    [
+        (OK_HEAD + b"3\r\nabc\r\nzz\r\n", "transfer_broken", "malformed chunk-size line"),
+        (OK_HEAD + b"3\r\nabcdef", "transfer_broken", "chunk not followed by CRLF"),
+        (OK_HEAD + b"4\r\nENDR\r\n3\r\nabc\r\n0\r\n\r\n", "transfer_broken", "data after ENDR"),
+        (OK_HEAD + b"4\r\nEROR\r\n3\r\nabc\r\n0\r\n\r\n", "transfer_broken", "JSON object"),
+        (OK_HEAD + b"3\r\nabc\r\n", "transfer_broken", "no terminating chunk"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", "protocol_error", "chunked"),
+        (b"NONSENSE\r\n\r\n", "transfer_broken", "malformed status line"),
+    ],
+)
+async def test_malformed_answers_move_on(
+    mars_environ: dict[str, str], mars_target: Path, answer: bytes, error_class: str, message: str
+) -> None:
+    async with canned_server(answer) as url:
+        health = ServerHealth()
+        result = await run(plan([url]), mars_environ, mars_target, health=health)
+    assert classes(result) == [error_class]
+    assert result.attempts[0].outcome == "next_server"
+    assert message in str(result.attempts[0].error)
+    assert health.is_ejected(url)
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+async def test_close_right_after_endr_still_counts(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # ENDR says the data is complete; a missing HTTP terminator after it loses nothing.
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n") as url:
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == b"abc"
