@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib
 import json
 import os
 import resource
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024  # also the hashing block for --verify
 READ = 1024 * 1024
 ENVIRON = {
     "request_id": "bench",
@@ -64,14 +65,14 @@ def parse_size(text: str) -> int:
 # --- the server process -----------------------------------------------------------------------
 
 
-def serve(size: int) -> None:
+def serve(size: int, chunk_size: int) -> None:
     """Run a PipeMarsServer until stdin closes; print its port first."""
     from marsconn.testing import MarsScript, PipeMarsServer
 
     async def main() -> None:
         script = MarsScript(
             output_size=size,
-            chunk_size=CHUNK,
+            chunk_size=chunk_size,
             log_lines=("mars - INFO - Transferring 1 field", "mars - INFO - done"),
         )
         async with PipeMarsServer(script) as server:
@@ -202,10 +203,9 @@ def _rss_kib() -> int:
 
 def client_main(variant: str, port: int, target: Path) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
-    import h11  # noqa: F401  (imported before the RSS baseline, like marsconn below)
-
-    import marsconn.executor  # noqa: F401
-    import marsconn.transport_pipe  # noqa: F401
+    # Imported before the RSS baseline, so the growth measures the transfer alone.
+    for name in ("h11", "marsconn.executor", "marsconn.transport_pipe", "marsconn.testing"):
+        importlib.import_module(name)
 
     rss_before = _rss_kib()
     extra: dict[str, Any] = {}
@@ -270,6 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1GiB", help="bytes to stream (default 1GiB)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per reader")
+    parser.add_argument("--chunk-size", default="1MiB", help="server chunk size (default 1MiB)")
     parser.add_argument("--dir", help="directory for the output files (default: a temp dir)")
     parser.add_argument("--verify", action="store_true", help="check marsconn's output sha256")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="readers to measure")
@@ -279,8 +280,9 @@ def main() -> None:
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = parse_size(args.size)
+    chunk_size = parse_size(args.chunk_size)
     if args.serve:
-        serve(size)
+        serve(size, chunk_size)
         return
     if args.client:
         client_main(args.client, args.port, args.target)
@@ -289,7 +291,15 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipe-", dir=args.dir))
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--size", str(size)],
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--size",
+            str(size),
+            "--chunk-size",
+            str(chunk_size),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -298,7 +308,7 @@ def main() -> None:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         print(
-            f"streaming {size / 2**20:.0f} MiB in {CHUNK // 1024} KiB chunks from a "
+            f"streaming {size / 2**20:.0f} MiB in {chunk_size // 1024} KiB chunks from a "
             f"PipeMarsServer process; output in {workdir}; {os.cpu_count()} CPUs"
         )
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
@@ -318,10 +328,10 @@ def main() -> None:
                 results[variant].append(record)
                 mbps = record["bytes"] / record["seconds"] / 1e6
                 growth = (record["rss_peak_kib"] - record["rss_before_kib"]) / 1024
+                peak = record["rss_peak_kib"] / 1024
                 print(
                     f"  round {round_number} {variant:9s} {mbps:7.0f} MB/s "
-                    f"{record['seconds']:6.2f} s  peak RSS {record['rss_peak_kib'] / 1024:5.1f} MB "
-                    f"(+{growth:.1f} MB)"
+                    f"{record['seconds']:6.2f} s  peak RSS {peak:5.1f} MB (+{growth:.1f} MB)"
                 )
         print("\nmedian (best) throughput, peak RSS growth:")
         median: dict[str, float] = {}

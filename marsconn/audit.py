@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TextIO
 
-import structlog
-
 __all__ = [
     "EVENTS",
     "AttemptFailed",
@@ -197,6 +195,8 @@ EVENTS: dict[str, type[AuditEvent]] = {
 
 def get_logger() -> Any:
     """marsconn's audit logger: ``structlog.get_logger("marsconn")``."""
+    import structlog  # deferred: not needed to import marsconn
+
     return structlog.get_logger("marsconn")
 
 
@@ -214,6 +214,8 @@ def configure(*, json: bool = False, stream: TextIO | None = None, level: str = 
     when ``json`` is true, else as readable key=value lines. Libraries must
     not call this; it exists for applications and the ``marsconn`` command.
     """
+    import structlog
+
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if json

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import metadata
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -43,6 +43,8 @@ class Capability:
 
 def detect_server_version(package: str = SERVER_PACKAGE) -> str | None:
     """The installed version of ``package``, or None when it is not installed."""
+    from importlib import metadata  # deferred: importing it costs ~20 ms at start-up
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -67,3 +69,14 @@ def assess(version: str | None, required: str, *, declared: bool = False) -> Cap
     return Capability(
         version, source, required, VersionVerdict.SUPPORTED if ok else VersionVerdict.TOO_OLD
     )
+
+
+
+def __getattr__(name: str) -> Any:
+    # ``capability.metadata`` stays reachable (tests patch it) without paying
+    # for the import when the module is loaded.
+    if name == "metadata":
+        from importlib import metadata
+
+        return metadata
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -444,6 +444,17 @@ def test_yaml_is_parsed_safely(tmp_path: Path, text: str, problem: str) -> None:
     assert problems_of(config_file=path) == [problem.format(path=path)]
 
 
+def test_yaml_version_needs_quotes(tmp_path: Path) -> None:
+    # docs/configuration.md says so: unquoted, YAML reads 0.4 as a float.
+    quoted = write(tmp_path / "q.yaml", 'required_server_version: "0.4"\n')
+    assert load(config_file=quoted).settings.required_server_version == "0.4"
+    bare = write(tmp_path / "b.yaml", "required_server_version: 0.4\n")
+    assert problems_of(config_file=bare) == [
+        f"{bare}:1 (key 'required_server_version'): input should be a valid string "
+        "(got '0.4'); accepted: a version number such as 0.3.0"
+    ]
+
+
 def test_yaml_null_document_is_empty(tmp_path: Path) -> None:
     assert load(config_file=write(tmp_path / "c.yaml", "~\n")).settings.pipe_port == 9000
 

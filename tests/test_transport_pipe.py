@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 import marsconn
-from marsconn import JobKilledError, LogHandlerError, MarsRequestError
+from marsconn import JobKilledError, LogHandlerError, MarsRequestError, transport_pipe
 from marsconn.health import ServerHealth
 from marsconn.testing import (
     MarsScript,
@@ -695,12 +695,31 @@ def test_sync_execute_with_a_server_thread(
     assert "Transferring 3 fields" in result.message
 
 
-def test_keepalive_is_set_on_sockets() -> None:
+def test_keepalive_helper_sets_the_options() -> None:
     with socket.socket() as sock:
         _set_keepalive(sock)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         if hasattr(socket, "TCP_KEEPIDLE"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+
+
+async def test_keepalive_is_on_for_every_connection(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+
+    def spy(sock: socket.socket) -> None:
+        _set_keepalive(sock)
+        seen.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+    monkeypatch.setattr(transport_pipe, "_set_keepalive", spy)
+    server = factory(MarsScript(output_size=1000))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert seen == [1]  # one connection carried the ping, the job and the log
 
 
 # --- malformed answers, from a hand-made server -----------------------------------------------
