@@ -196,6 +196,12 @@ class _Quiet:
         pass
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (threads included, e.g. fsync's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -209,6 +215,7 @@ def client_main(variant: str, port: int, target: Path) -> None:
 
     rss_before = _rss_kib()
     extra: dict[str, Any] = {}
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     if variant == "socket":
         nbytes = client_socket(port, target)
@@ -219,6 +226,7 @@ def client_main(variant: str, port: int, target: Path) -> None:
     else:
         nbytes, extra = client_marsconn(port, target)
     seconds = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu_before
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(
         json.dumps(
@@ -227,6 +235,7 @@ def client_main(variant: str, port: int, target: Path) -> None:
                 "bytes": nbytes,
                 "file_bytes": target.stat().st_size,
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "rss_before_kib": rss_before,
                 "rss_peak_kib": peak,
                 **extra,
@@ -331,29 +340,39 @@ def main() -> None:
                 peak = record["rss_peak_kib"] / 1024
                 print(
                     f"  round {round_number} {variant:9s} {mbps:7.0f} MB/s "
-                    f"{record['seconds']:6.2f} s  peak RSS {peak:5.1f} MB (+{growth:.1f} MB)"
+                    f"{record['seconds']:6.2f} s  CPU {record['cpu_seconds']:5.2f} s  "
+                    f"peak RSS {peak:5.1f} MB (+{growth:.1f} MB)"
                 )
-        print("\nmedian (best) throughput, peak RSS growth:")
+        print("\nmedian (best) throughput, median client CPU per GiB, peak RSS growth:")
         median: dict[str, float] = {}
+        best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for variant in variants:
             rates = [r["bytes"] / r["seconds"] / 1e6 for r in results[variant]]
+            cpu[variant] = statistics.median(
+                r["cpu_seconds"] / (r["bytes"] / 2**30) for r in results[variant]
+            )
             growth = max(
                 (r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in results[variant]
             )
             peak = max(r["rss_peak_kib"] / 1024 for r in results[variant])
-            median[variant] = statistics.median(rates)
+            median[variant], best[variant] = statistics.median(rates), max(rates)
             print(
-                f"  {variant:9s} {median[variant]:7.0f} MB/s ({max(rates):.0f})  "
-                f"RSS +{growth:.1f} MB (peak {peak:.1f} MB)"
+                f"  {variant:9s} {median[variant]:7.0f} MB/s ({best[variant]:.0f})  "
+                f"CPU {cpu[variant]:.2f} s/GiB  RSS +{growth:.1f} MB (peak {peak:.1f} MB)"
             )
         if "socket" in median and "marsconn" in median:
-            ratio = median["marsconn"] / median["socket"]
             growth = max(
                 (r["rss_peak_kib"] - r["rss_before_kib"]) / 1024 for r in results["marsconn"]
             )
+            by_median = median["marsconn"] / median["socket"]
+            by_best = best["marsconn"] / best["socket"]
             print(
-                f"\nmarsconn / plain socket: {ratio:.1%} (target >= 85%); "
-                f"marsconn RSS growth {growth:.1f} MB (target < 64 MB)"
+                f"\nmarsconn / plain socket throughput: median {by_median:.1%}, "
+                f"best {by_best:.1%} (target >= 85%)\n"
+                f"client CPU per GiB, marsconn / plain socket: "
+                f"{cpu['marsconn'] / cpu['socket']:.2f}x\n"
+                f"marsconn peak RSS growth {growth:.1f} MB (target < 64 MB)"
             )
     finally:
         if server.stdin is not None:

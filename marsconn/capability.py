@@ -71,7 +71,6 @@ def assess(version: str | None, required: str, *, declared: bool = False) -> Cap
     )
 
 
-
 def __getattr__(name: str) -> Any:
     # ``capability.metadata`` stays reachable (tests patch it) without paying
     # for the import when the module is loaded.

@@ -467,6 +467,9 @@ def _parse_entries(
         if websocket:
             ws = to_websocket(url, pipe_port=s.pipe_port, shares_port=s.shares_port)
             derived, url = (None if direct_ws or ws == url else url), ws
+        elif url.port is None and "://" not in entry.text:
+            # A bare host names a pipe server on the pipe port, not on HTTP's port 80.
+            url = ServerURL(url.scheme, url.host, s.pipe_port, url.path, url.userinfo)
         elif url.scheme not in PIPE_SCHEMES:
             problems.append(
                 Problem(

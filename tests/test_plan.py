@@ -512,7 +512,7 @@ def test_ipv6_and_bare_hosts_from_a_list(tmp_path: Path) -> None:
     assert resolve(env={"MARS_API_SERVER_LIST": str(listed)}).urls == [
         "http://[fd00::5]:9000",
         "http://[fd00::6]:9000",
-        "http://mars-7",
+        "http://mars-7:9000",  # a bare host gets the pipe port
     ]
 
 
@@ -1113,3 +1113,17 @@ def test_plan_docs_cover_fields_reasons_and_events() -> None:
         for f in dataclasses.fields(event):
             assert f"`{f.name}`" in text, f.name
     assert {f.name for f in dataclasses.fields(ConnectionPlan)} <= set(resolve(ONE).to_dict())
+
+
+def test_bare_host_means_the_pipe_port() -> None:
+    plan = resolve_plan(
+        env={"MARS_PIPE_PORT": "9100"},
+        overrides={"servers": ["host-a", "http://host-b", "host-c:9000", "[fd00::5]"]},
+        logger=Quiet(),
+    )
+    assert plan.urls == [
+        "http://host-a:9100",
+        "http://host-b",
+        "http://host-c:9000",
+        "http://[fd00::5]:9100",
+    ]
