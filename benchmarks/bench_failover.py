@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -63,7 +64,7 @@ class NullAudit:
         pass
 
 
-# --- the live server, in a child process --------------------------------------------------------
+# --- the live server, in a child process ---------------------------------------------------------
 
 
 def _serve(script: dict[str, Any], conn: Connection) -> None:
@@ -89,10 +90,8 @@ def server_process(script: dict[str, Any]) -> Iterator[str]:
             raise RuntimeError("the server process did not start")
         yield parent.recv()
     finally:
-        try:
+        with contextlib.suppress(OSError):
             parent.send("stop")
-        except OSError:
-            pass
         proc.join(30)
         if proc.is_alive():
             proc.terminate()

@@ -52,7 +52,7 @@ TARGET_LINES_PER_SECOND = 50_000
 TARGET_MEMORY_MB = 50.0
 MB = 1024 * 1024
 
-# --- a MARS-like log ------------------------------------------------------------------------------
+# --- a MARS-like log -----------------------------------------------------------------------------
 
 _PREFIX = "mars - {level:<6} - {ts} - "
 _NOISE = (
@@ -198,7 +198,7 @@ def describe_mix(sample: int, seed: int) -> str:
     return ", ".join(parts) + f"; consecutive repeats {repeats / sample:.1%}"
 
 
-# --- process memory -------------------------------------------------------------------------------
+# --- process memory ------------------------------------------------------------------------------
 
 
 def _status(field: str) -> int:
@@ -236,7 +236,7 @@ class RssWatch:
         self.growth = _status("VmHWM") - self.before
 
 
-# --- 1 and 2: LogSink in process -------------------------------------------------------------------
+# --- 1 and 2: LogSink in process -----------------------------------------------------------------
 
 
 async def feed(sink: LogSink, batch: list[str]) -> None:
@@ -298,7 +298,7 @@ def memory_pass(lines: int, batch: int, seed: int) -> dict[str, Any]:
     return {"peak": peak, "retained": retained, "batch": batch_bytes}
 
 
-# --- 3: over a real WebSocket ----------------------------------------------------------------------
+# --- 3: over a real WebSocket --------------------------------------------------------------------
 
 
 class NullAudit:
@@ -367,10 +367,14 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
             wall0, cpu0 = time.perf_counter(), time.process_time()
             result = asyncio.run(
                 marsconn.execute_async(
-                    plan, {"param": "2t"}, environ, target,
-                    audit_logger=NullAudit(), health=ServerHealth(),
+                    plan,
+                    {"param": "2t"},
+                    environ,
+                    target,
+                    audit_logger=NullAudit(),
+                    health=ServerHealth(),
                 )
-            )  # fmt: skip
+            )
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             parent.send("cpu")
             server_cpu = parent.recv() - server_cpu0
@@ -396,7 +400,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
     }
 
 
-# --- main -----------------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------------
 
 
 def verdict_rate(label: str, rate: float) -> str:
@@ -441,8 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     memory = memory_pass(args.lines, args.batch, args.seed)
     rate = timing["seen"] / timing["wall"]
     print("  in process")
-    print(f"    lines seen / kept / dropped:     {timing['seen']:,} / {timing['kept']:,} / "
-          f"{timing['dropped']:,} (error lines kept: {timing['errors']:,})")  # fmt: skip
+    print(
+        f"    lines seen / kept / dropped:     {timing['seen']:,} / {timing['kept']:,} / "
+        f"{timing['dropped']:,} (error lines kept: {timing['errors']:,})"
+    )
     print(f"    wall time in LogSink.line:       {timing['wall']:.2f} s")
     print(f"    lines per second:                {rate:,.0f}")
     print(f"    CPU per line:                    {timing['cpu'] / timing['seen'] * 1e6:.2f} us")
@@ -460,17 +466,25 @@ def main(argv: list[str] | None = None) -> int:
         ws_rate = ws_lines / websocket["wall"]
         client_us = websocket["cpu"] / ws_lines * 1e6
         server_us = websocket["server_cpu"] / ws_lines * 1e6
-        pinning = "client and server pinned to separate CPUs" if websocket["pinned"] else "unpinned"
-        print(f"  over WebSocket ({ws_lines:,} lines, one message each, server in another process, "
-              f"{pinning})")  # fmt: skip
-        print(f"    lines kept / dropped:            {websocket['kept']:,} / "
-              f"{websocket['dropped']:,}")  # fmt: skip
+        pinning = "client, server on separate CPUs" if websocket["pinned"] else "unpinned"
+        print(
+            f"  over WebSocket ({ws_lines:,} lines, one message each, server in another "
+            f"process, {pinning})"
+        )
+        print(
+            f"    lines kept / dropped:            {websocket['kept']:,} / "
+            f"{websocket['dropped']:,}"
+        )
         print(f"    wall time, whole job:            {websocket['wall']:.2f} s")
         print(f"    lines per second, end to end:    {ws_rate:,.0f}")
-        print(f"    client CPU per line:             {client_us:.2f} us "
-              f"(client capacity {1e6 / client_us:,.0f} lines/s)")  # fmt: skip
-        print(f"    server CPU per line:             {server_us:.2f} us "
-              f"(server capacity {1e6 / server_us:,.0f} lines/s)")  # fmt: skip
+        print(
+            f"    client CPU per line:             {client_us:.2f} us "
+            f"(client capacity {1e6 / client_us:,.0f} lines/s)"
+        )
+        print(
+            f"    server CPU per line:             {server_us:.2f} us "
+            f"(server capacity {1e6 / server_us:,.0f} lines/s)"
+        )
         print(f"    client peak RSS growth:          {websocket['rss_growth'] / MB:.1f} MB")
     else:
         print("  over WebSocket: skipped (--no-ws)")

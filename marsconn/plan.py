@@ -220,8 +220,24 @@ class ConnectionPlan:
             "ca_bundle": self.ca_bundle,
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole plan as JSON-ready data (credentials redacted)."""
+    def to_dict(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
+        """The whole plan as JSON-ready data.
+
+        Credentials in server URLs are redacted unless ``reveal_secrets`` is
+        true, which is what handing the plan to another process needs (see
+        :meth:`from_dict`).
+        """
+
+        def url(u: ServerURL) -> str:
+            return u.secret() if reveal_secrets else u.display()
+
+        endpoints = []
+        for e in self.endpoints:
+            item = e.to_dict()
+            item["url"] = url(e.url)
+            if e.derived_from is not None:
+                item["derived_from"] = url(e.derived_from)
+            endpoints.append(item)
         return {
             "mode": self.mode.value,
             "requested_mode": self.requested_mode.value,
@@ -230,7 +246,7 @@ class ConnectionPlan:
             "server_version": self.server_version,
             "server_version_source": self.server_version_source,
             "required_version": self.required_version,
-            "endpoints": [e.to_dict() for e in self.endpoints],
+            "endpoints": endpoints,
             "pipe_port": self.pipe_port,
             "shares_port": self.shares_port,
             "policy": _asdict(self.policy),
@@ -239,16 +255,79 @@ class ConnectionPlan:
             "ca_bundle": self.ca_bundle,
             "warnings": list(self.warnings),
             "settings": {
-                name: {"value": _shown(name, value), "source": prov.describe()}
+                name: {
+                    "value": _jsonable(value) if reveal_secrets else _shown(name, value),
+                    "source": prov.describe(),
+                    "provenance": prov.to_dict(),
+                }
                 for name, value, prov in self.settings
             },
             "sources": self.sources,
             "fingerprint": self.fingerprint,
         }
 
-    def to_json(self, *, indent: int | None = 2) -> str:
+    def to_json(self, *, indent: int | None = 2, reveal_secrets: bool = False) -> str:
         """:meth:`to_dict` as JSON text."""
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(reveal_secrets=reveal_secrets), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectionPlan:
+        """Rebuild a plan from :meth:`to_dict` output (e.g. in another process).
+
+        The fingerprint is recomputed and must match the stored one, so a
+        plan edited by hand is refused rather than silently run. Redacted
+        credentials cannot be restored: serialise with ``reveal_secrets=True``
+        when the servers need them.
+        """
+        try:
+            endpoints = tuple(
+                Endpoint(
+                    parse_server_url(e["url"]),
+                    Provenance.from_dict(e["source"]),
+                    parse_server_url(e["derived_from"]) if e.get("derived_from") else None,
+                )
+                for e in data["endpoints"]
+            )
+            plan = cls(
+                mode=Mode(data["mode"]),
+                requested_mode=Mode(data["requested_mode"]),
+                reason=Reason(data["reason"]),
+                reason_text=data["reason_text"],
+                server_version=data["server_version"],
+                server_version_source=data["server_version_source"],
+                required_version=data["required_version"],
+                endpoints=endpoints,
+                pipe_port=data["pipe_port"],
+                shares_port=data["shares_port"],
+                policy=FailoverPolicy(**data["policy"]),
+                timeouts=Timeouts(**data["timeouts"]),
+                logs=LogPolicy(**data["logs"]),
+                ca_bundle=data["ca_bundle"],
+                warnings=tuple(data["warnings"]),
+                settings=tuple(
+                    (name, item["value"], Provenance.from_dict(item["provenance"]))
+                    for name, item in data["settings"].items()
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a serialised ConnectionPlan: {exc!r}") from None
+        if any(e.url.userinfo == "***" for e in plan.endpoints):
+            raise ValueError(
+                "the plan's server credentials were redacted; serialise it with "
+                "to_dict(reveal_secrets=True) to hand it to another process"
+            )
+        plan = dataclasses.replace(plan, fingerprint=_fingerprint(plan))
+        if plan.fingerprint != data.get("fingerprint"):
+            raise ValueError(
+                f"plan fingerprint mismatch: stored {data.get('fingerprint')!r}, "
+                f"recomputed {plan.fingerprint!r}; the plan was changed after it was resolved"
+            )
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str) -> ConnectionPlan:
+        """:meth:`from_dict` for JSON text."""
+        return cls.from_dict(json.loads(text))
 
     def explain(self) -> str:
         """A human account of the plan: the decision, why, and where each value came from."""

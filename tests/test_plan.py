@@ -644,6 +644,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
     assert data["settings"]["api_server_list"] == {
         "value": str(listed),
         "source": "environment variable MARS_API_SERVER_LIST",
+        "provenance": {"kind": "env", "name": "MARS_API_SERVER_LIST"},
     }
     assert {k: data[k] for k in ("mode", "requested_mode", "reason", "ca_bundle")} == {
         "mode": "websocket",
