@@ -12,9 +12,12 @@ keep_lines=2000)``, no handler and no logger (the defaults):
    ``--batch`` fresh strings (as they would arrive from the network); the
    batch itself is part of the peak and its size is printed separately;
 3. over WebSocket (skip with ``--no-ws``): the same lines sent one message
-   each by a ``WsMarsServer`` running in a separate process, received by
-   ``marsconn.execute_async``; lines per second end to end and the client's
-   CPU and peak RSS growth.
+   each by a ``WsMarsServer`` running in a separate process (built before
+   the job starts), received by ``marsconn.execute_async`` with the default
+   log settings; lines per second end to end, the CPU per line of the
+   client and of the server (and the rate each could sustain alone), and
+   the client's peak RSS growth. With two CPUs or more the client and the
+   server are pinned to different CPUs (``--no-pin`` to turn off).
 
 Figures are printed, never asserted. Run from the repository root::
 
@@ -447,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     print("  in process")
     print(
         f"    lines seen / kept / dropped:     {timing['seen']:,} / {timing['kept']:,} / "
-        f"{timing['dropped']:,} (error lines kept: {timing['errors']:,})"
+        f"{timing['dropped']:,} (kept: the bounded tail plus {timing['errors']:,} error lines; "
+        "dropped: shown but evicted from the tail)"
     )
     print(f"    wall time in LogSink.line:       {timing['wall']:.2f} s")
     print(f"    lines per second:                {rate:,.0f}")

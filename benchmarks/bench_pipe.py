@@ -51,6 +51,7 @@ ENVIRON = {
 }
 JOB = json.dumps({"request": {"param": "2t"}, "environ": ENVIRON}).encode()
 VARIANTS = ("socket", "marsconn", "streams", "h11")
+_STATS: dict[str, float] = {}
 
 
 def parse_size(text: str) -> int:
@@ -99,12 +100,12 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 def client_socket(port: int, target: Path) -> int:
-    """The limit: recv_into one buffer, write it out; no parsing at all."""
+    """The limit: recv_into one 1 MiB buffer, write what came; no parsing at all."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(_post_head(port))
     buf = bytearray(READ)
     view = memoryview(buf)
-    total = 0
+    total = reads = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
         while True:
@@ -113,6 +114,8 @@ def client_socket(port: int, target: Path) -> int:
                 break
             _write_all(fd, view[:n])
             total += n
+            reads += 1
+        _STATS["mean_read_kib"] = total / max(reads, 1) / 1024
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -243,6 +246,7 @@ def client_main(variant: str, port: int, target: Path) -> None:
                 "file_bytes": target.stat().st_size,
                 "seconds": seconds,
                 "cpu_seconds": cpu,
+                **_STATS,
                 "rss_before_kib": rss_before,
                 "rss_peak_kib": peak,
                 **extra,
@@ -329,7 +333,11 @@ def main() -> None:
         )
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for round_number in range(1, args.rounds + 1):
-            for variant in variants:
+            # Rotate the order: each reader follows a different one every round, so
+            # effects of the previous run (writeback, discard of a deleted 1 GiB
+            # file) do not always land on the same reader.
+            shift = (round_number - 1) % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
                 target = workdir / f"{variant}.out"
                 record = run_client(variant, port, target)
                 if variant == "marsconn":
@@ -345,10 +353,12 @@ def main() -> None:
                 mbps = record["bytes"] / record["seconds"] / 1e6
                 growth = (record["rss_peak_kib"] - record["rss_before_kib"]) / 1024
                 peak = record["rss_peak_kib"] / 1024
+                reads = record.get("mean_read_kib")
                 print(
                     f"  round {round_number} {variant:9s} {mbps:7.0f} MB/s "
                     f"{record['seconds']:6.2f} s  CPU {record['cpu_seconds']:5.2f} s  "
                     f"peak RSS {peak:5.1f} MB (+{growth:.1f} MB)"
+                    + (f"  mean recv {reads:.0f} KiB" if reads else "")
                 )
         print("\nmedian (best) throughput, median client CPU per GiB, peak RSS growth:")
         median: dict[str, float] = {}

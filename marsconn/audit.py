@@ -44,6 +44,17 @@ class AuditLogger(Protocol):
     def warning(self, event: str, **kw: Any) -> Any: ...
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    # dataclasses.fields() walks the class on every call; events are emitted per attempt.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """Base of all audit records."""
@@ -53,7 +64,7 @@ class AuditEvent:
 
     def fields(self) -> dict[str, Any]:
         """The record's fields, as emitted."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
 
 @dataclass(frozen=True, slots=True)

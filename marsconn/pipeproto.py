@@ -16,7 +16,7 @@ plain bytes:
 * :func:`classify_status` and :func:`classify_error_trailer` decide what a
   failure means for failover: same server, next server, or final.
 
-Why not h11: on a loopback socket, h11 delivered about a quarter of what a
+Why not h11: on a loopback socket, h11 delivered a quarter to a third of what a
 plain socket reader manages, because its receive buffer copies every body
 byte twice (figures in docs/pipe-mode.md). The reader here hands out slices
 of the caller's buffer instead.
@@ -174,16 +174,12 @@ class HttpResponseReader:
         self._keep_alive = True
         self._stray = False
         self.body_bytes = 0
+        self.response_bytes = 0  # bytes of the current response received so far
 
     @property
     def reusable(self) -> bool:
         """Whether another request may be sent on this connection now."""
         return self._state is _State.IDLE and self._keep_alive and not self._stray
-
-    @property
-    def in_body(self) -> bool:
-        """Whether the head was parsed and the body is not complete yet."""
-        return self._state not in (_State.IDLE, _State.HEAD, _State.CLOSED)
 
     def expect(self, method: str) -> None:
         """Prepare for the response to a request sent with ``method``."""
@@ -193,10 +189,12 @@ class HttpResponseReader:
         self._head_only = method.upper() == "HEAD"
         self._line.clear()
         self.body_bytes = 0
+        self.response_bytes = 0
 
     def feed(self, data: Buffer) -> list[HttpEvent]:
         """Parse ``data``; return the events it completed."""
         view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        self.response_bytes += len(view)
         events: list[HttpEvent] = []
         pos, end = 0, len(view)
         while pos < end:

@@ -41,6 +41,7 @@ async def _ws(endpoint: Endpoint, plan: ConnectionPlan) -> str:
     ws = await connect(
         url.secret(),
         ssl=client_context(plan.ca_bundle) if url.is_tls else None,
+        proxy=None,  # as the executor: MARS workers are reached directly
         open_timeout=None,
         compression=None,
         close_timeout=1,

@@ -87,19 +87,20 @@ class WebSocketTransport:
             output.unlink()
         url = endpoint.url
         try:
-            ws = await asyncio.wait_for(
-                connect(
+            async with asyncio.timeout(timeouts.connect):
+                ws = await connect(
                     url.secret(),
                     ssl=client_context(ctx.plan.ca_bundle) if url.is_tls else None,
+                    # MARS workers are reached directly, never through an HTTP(S)_PROXY
+                    # meant for the outside world (websockets would use it by default).
+                    proxy=None,
                     open_timeout=None,
                     ping_interval=timeouts.ws_ping_interval,
                     ping_timeout=timeouts.ws_ping_interval,
                     close_timeout=timeouts.ws_close,
                     compression=None,
                     user_agent_header=None,
-                ),
-                timeouts.connect,
-            )
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

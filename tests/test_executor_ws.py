@@ -581,3 +581,16 @@ def test_run_in_thread_server_with_sync_execute(ws_plan, mars_environ, mars_targ
         )
         assert result.ok
         assert server.jobs[0].requests == [{"a": 1}, {"b": 2}]
+
+
+async def test_proxy_variables_are_not_used_for_mars_servers(
+    mars_ws_server, ws_plan, mars_environ, mars_target, monkeypatch
+) -> None:
+    # A worker's HTTP(S)_PROXY is for the outside world; MARS workers are reached directly.
+    dead_proxy = dead_url("http")
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(var, dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    result = await run(ws_plan([mars_ws_server.url]), mars_environ, mars_target)
+    assert result.ok, result.error

@@ -581,6 +581,13 @@ def test_error_trailer_killed_follows_its_flags(
     assert "signal 9 on s" in str(verdict.error)
 
 
+def test_error_trailer_flags_may_be_integers() -> None:
+    payload = {"killed": 15, "retry_same_host": 0, "retry_next_host": 1}
+    assert classify_error_trailer(payload).action is Action.NEXT_SERVER
+    odd = {"killed": 15, "retry_same_host": 2, "retry_next_host": 0}  # 2: unreadable, default
+    assert classify_error_trailer(odd).action is Action.SAME_SERVER
+
+
 @pytest.mark.parametrize("payload", [{}, {"exited": "1"}, {"exited": True}, {"other": 1}])
 def test_unknown_error_trailer_is_a_broken_transfer(payload: dict[str, Any]) -> None:
     verdict = classify_error_trailer(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -90,6 +91,14 @@ def content(path: Path) -> bytes | None:
 
 def put(path: Path, data: bytes) -> None:
     path.write_bytes(data)
+
+
+def make_dir(path: Path) -> None:
+    path.mkdir()
+
+
+def is_dir(path: Path) -> bool:
+    return path.is_dir()
 
 
 def matches_stream(path: Path, size: int, seed: int) -> bool:
@@ -440,7 +449,7 @@ async def test_stall_mid_body_hits_the_read_timeout(
     mars_environ: dict[str, str], mars_target: Path
 ) -> None:
     # Data flows, then nothing: each read is bounded, not just the first.
-    async with canned_server(OK_HEAD + b"3\r\nabc\r\n", hang=True) as url:
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n", hang=True) as (url, _):
         result = await run(plan([url], read_timeout=0.3), mars_environ, mars_target)
     assert classes(result) == ["read_timeout"]
     assert "after 3 data bytes" in str(result.attempts[0].error)
@@ -545,7 +554,7 @@ async def test_log_fetch_connection_failure_is_not_fatal(
 ) -> None:
     # The log answer is garbage: the note says so, and the retrieval itself succeeded.
     body = OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n0\r\n\r\n"
-    async with canned_server(body, log_answer=b"garbage\r\n\r\n") as url:
+    async with canned_server(body, log_answer=b"garbage\r\n\r\n") as (url, _):
         result = await run(plan([url]), mars_environ, mars_target)
     assert result.ok, result.error
     assert content(mars_target) == b"abc"
@@ -695,6 +704,30 @@ def test_sync_execute_with_a_server_thread(
     assert "Transferring 3 fields" in result.message
 
 
+def test_part_file_writes_exactly_whatever_the_system_call_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def short_writev(fd: int, pieces: list[Any]) -> int:
+        return os.write(fd, b"".join(bytes(p) for p in pieces)[:5])
+
+    part = transport_pipe._PartFile(tmp_path / "out.grib")
+    assert part.path.parent == tmp_path
+    assert temp_path_pattern(tmp_path / "out.grib").fullmatch(part.path.name)
+    monkeypatch.setattr(transport_pipe, "_writev", short_writev)
+    part.write([b"abc", memoryview(b"defgh"), bytearray(b"ij")])
+    monkeypatch.setattr(transport_pipe, "_writev", None)  # a platform without writev
+    part.write([b"kl", b"mn"])
+    monkeypatch.undo()
+    part.write([bytes([i % 256]) for i in range(3000)])  # more pieces than IOV_MAX
+    assert part.size == 14 + 3000
+    part.truncate(3)
+    part.write([b"XY"])
+    part.close()
+    assert content(part.path) == b"abcXY"
+    part.discard()
+    assert content(part.path) is None
+
+
 def test_keepalive_helper_sets_the_options() -> None:
     with socket.socket() as sock:
         _set_keepalive(sock)
@@ -732,36 +765,55 @@ NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 @contextlib.asynccontextmanager
 async def canned_server(
-    answer: bytes, *, hang: bool = False, log_answer: bytes | None = None
-) -> AsyncIterator[str]:
-    """Answers the ping, then ``answer`` to ``POST /``, then closes (or hangs).
+    answer: bytes,
+    *,
+    ping: bytes = b"HTTP/1.1 204 No Content\r\n\r\n",
+    close_after_ping: bool = False,
+    hang: bool = False,
+    reset: bool = False,
+    log_answer: bytes | None = None,
+    log_hang: bool = False,
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A hand-made pipe server: fixed answers, faults on demand.
 
-    With ``log_answer`` the connection stays open after the job and that is
-    the answer to the next request (the log fetch).
+    Answers ``HEAD`` with ``ping`` (closing afterwards with
+    ``close_after_ping``), ``POST`` with ``answer`` then closes, hangs
+    (``hang``) or resets (``reset``) the connection. With ``log_answer`` the
+    connection stays open after the job and that is the answer to the next
+    request (the log fetch); with ``log_hang`` that request is never
+    answered. Yields the URL and the request lines received.
     """
+    seen: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head.split(b"\r\n", 1)[0])
                 length = 0
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 await reader.readexactly(length)
                 if head.startswith(b"HEAD"):
-                    writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    writer.write(ping)
+                    await writer.drain()
+                    if close_after_ping:
+                        break
                 elif head.startswith(b"POST"):
                     writer.write(answer)
                     await writer.drain()
+                    if reset:
+                        writer.transport.abort()
+                        return
                     if hang:
                         await asyncio.sleep(3600)
-                    if log_answer is None:
+                    if log_answer is None and not log_hang:
                         break
                 else:
-                    writer.write(
-                        log_answer or b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-                    )
+                    if log_hang:
+                        await asyncio.sleep(3600)
+                    writer.write(log_answer or NOT_FOUND)
                     await writer.drain()
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -772,7 +824,7 @@ async def canned_server(
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", seen
     finally:
         server.close()
         with contextlib.suppress(Exception):
@@ -794,7 +846,7 @@ async def canned_server(
 async def test_malformed_answers_move_on(
     mars_environ: dict[str, str], mars_target: Path, answer: bytes, error_class: str, message: str
 ) -> None:
-    async with canned_server(answer) as url:
+    async with canned_server(answer) as (url, _):
         health = ServerHealth()
         result = await run(plan([url]), mars_environ, mars_target, health=health)
     assert classes(result) == [error_class]
@@ -809,7 +861,165 @@ async def test_close_right_after_endr_still_counts(
     mars_environ: dict[str, str], mars_target: Path
 ) -> None:
     # ENDR says the data is complete; a missing HTTP terminator after it loses nothing.
-    async with canned_server(OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n") as url:
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n") as (url, _):
         result = await run(plan([url]), mars_environ, mars_target)
     assert result.ok, result.error
     assert content(mars_target) == b"abc"
+
+
+JOB_DONE = OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n0\r\n\r\n"
+
+
+async def test_silence_after_endr_still_counts(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n4\r\nENDR\r\n", hang=True) as (url, _):
+        result = await run(plan([url], read_timeout=0.3), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == b"abc"
+
+
+async def test_connection_reset_mid_body_moves_on(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    async with canned_server(OK_HEAD + b"a\r\nabc", reset=True) as (url, _):
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert classes(result) == ["transfer_broken"]
+    assert content(mars_target) is None
+
+
+async def test_garbage_answer_to_the_ping_moves_on(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    async with canned_server(JOB_DONE, ping=b"SSH-2.0-OpenSSH\r\n\r\n") as (url, seen):
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert classes(result) == ["ping_failed"]
+    assert "malformed status line" in str(result.attempts[0].error)
+    assert [line.split()[0] for line in seen] == [b"HEAD"]
+
+
+async def test_reconnects_when_the_server_closes_after_an_answer(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    ping = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+    async with canned_server(JOB_DONE, ping=ping, close_after_ping=True) as (url, seen):
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert content(mars_target) == b"abc"
+    assert [line.split()[0] for line in seen] == [b"HEAD", b"POST", b"GET"]
+
+
+async def test_missing_uid_skips_the_log(mars_environ: dict[str, str], mars_target: Path) -> None:
+    answer = JOB_DONE.replace(b"X-MARS-UID: " + b"0" * 36 + b"\r\n", b"")
+    async with canned_server(answer) as (url, seen):
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert "no valid X-MARS-UID (None)" in result.message
+    assert [line.split()[0] for line in seen] == [b"HEAD", b"POST"]
+
+
+async def test_unanswered_log_fetch_is_not_fatal(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    async with canned_server(JOB_DONE, log_hang=True) as (url, _):
+        result = await run(plan([url], request_timeout=0.3), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert "could not fetch the MARS log" in result.message
+    assert "no answer within 0.3s" in result.message
+
+
+REJECTED = b"HTTP/1.1 400 Bad Request\r\nX-MARS-EXIT-CODE: 5\r\nContent-Length: %d\r\n\r\n%s"
+
+
+async def test_rejection_with_a_text_body_goes_to_the_log(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    text = b"mars - ERROR - no data\nmars - ERROR - request failed\n"
+    async with canned_server(REJECTED % (len(text), text)) as (url, _):
+        result = await run(plan([url]), mars_environ, mars_target)
+    assert isinstance(result.error, MarsRequestError)
+    assert result.error.returncode == 5
+    assert result.message.splitlines()[:2] == [
+        "mars - ERROR - no data",
+        "mars - ERROR - request failed",
+    ]
+
+
+async def test_rejection_lines_reach_a_raising_handler(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    body = b'{"exited": 5, "log": "mars - ERROR - bad param"}'
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        raise RuntimeError(line)
+
+    async with canned_server(REJECTED % (len(body), body)) as (url, _):
+        result = await run(plan([url]), mars_environ, mars_target, log_handler=handler)
+    assert isinstance(result.error, LogHandlerError)
+    assert "mars - ERROR - bad param" in str(result.error)
+
+
+async def test_long_log_lines_are_passed_on_in_pieces(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    long_line = "mars - INFO - " + "x" * 150_000
+    server = factory(MarsScript(output_size=100, log_lines=["first", long_line, "last"]))
+    seen: list[str] = []
+
+    async def handler(line: str, job: Any, logger: Any) -> None:
+        seen.append(line)
+        await asyncio.sleep(0)  # an async handler lets more of the log arrive meanwhile
+
+    result = await run(plan([server.url]), mars_environ, mars_target, log_handler=handler)
+    assert result.ok, result.error
+    assert seen[0] == "first"
+    assert seen[-1] == "last"
+    assert [len(line) for line in seen[1:-1]] == [65536, 65536, 150_014 - 2 * 65536]
+    assert "".join(seen[1:-1]) == long_line
+
+
+async def test_unwritable_temp_file_is_final(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(target: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(target.parent))
+
+    monkeypatch.setattr(transport_pipe, "_PartFile", refuse)
+    server = factory()
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert isinstance(result.error, marsconn.TargetError)
+    assert classes(result) == ["target_error"]
+    assert server.posts == []
+
+
+async def test_write_failure_is_final(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(self: Any, pieces: Any) -> None:
+        raise marsconn.TargetError("cannot write the output: No space left on device")
+
+    monkeypatch.setattr(transport_pipe._PartFile, "write", full)
+    first, second = factory(MarsScript(output_size=1000)), factory()
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target)
+    assert classes(result) == ["target_error"]
+    assert "No space left" in str(result.error)
+    assert second.posts == []
+    assert leftovers(mars_target) == []
+
+
+async def test_target_that_cannot_be_replaced_is_final(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    make_dir(mars_target)  # a directory where the file should go
+    server = factory(MarsScript(output_size=1000))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert isinstance(result.error, marsconn.TargetError)
+    assert classes(result) == ["target_error"]
+    assert is_dir(mars_target)
+    assert leftovers(mars_target) == []

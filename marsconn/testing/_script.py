@@ -9,6 +9,7 @@ for its protocol.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ __all__ = ["MarsScript", "ScriptSource", "data_block", "expected_data", "iter_da
 _BLOCK_SIZE = 64 * 1024
 
 
+@functools.lru_cache(maxsize=16)
 def data_block(seed: int = 0) -> bytes:
     """A 64 KiB block of deterministic bytes; data is this block repeated.
 
