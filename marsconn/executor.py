@@ -10,6 +10,7 @@ never runs a job again that MARS rejected.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import threading
@@ -184,10 +185,21 @@ async def _run_engine(
                 outcome = await transport.attempt(endpoint, ctx)
                 duration = time.perf_counter() - started
                 last = outcome
+                retry_here = (
+                    outcome.action is Action.SAME_SERVER and same_host < policy.same_host_retries
+                )
+                if outcome.action in (Action.SUCCESS, Action.FINAL) or retry_here:
+                    action = outcome.action
+                elif outcome.next_allowed:
+                    action = Action.NEXT_SERVER
+                else:
+                    # The server asked for retries on itself only, and they are used up.
+                    action = Action.FINAL
+                # Record what the engine did, not what the transport suggested.
                 attempts.append(
                     Attempt(
                         server,
-                        outcome.action.value,
+                        action.value,
                         outcome.error_class,
                         None if outcome.error is None else str(outcome.error),
                         duration,
@@ -195,7 +207,7 @@ async def _run_engine(
                         outcome.job_id,
                     )
                 )
-                if outcome.action is Action.SUCCESS:
+                if action is Action.SUCCESS:
                     if health.restore(endpoint.url.secret()):
                         audit.emit(audit.ServerRestored(server), audit_logger)
                     audit.emit(
@@ -210,14 +222,6 @@ async def _run_engine(
                         audit_logger,
                     )
                     return outcome, server
-                retry_here = (
-                    outcome.action is Action.SAME_SERVER and same_host < policy.same_host_retries
-                )
-                action = (
-                    Action.SAME_SERVER
-                    if retry_here
-                    else (Action.FINAL if outcome.action is Action.FINAL else Action.NEXT_SERVER)
-                )
                 audit.emit(
                     audit.AttemptFailed(
                         request_id,
@@ -239,8 +243,8 @@ async def _run_engine(
                         ),
                         audit_logger,
                     )
-                if outcome.action is Action.FINAL:
-                    return outcome, None
+                if action is Action.FINAL:
+                    return dataclasses.replace(outcome, action=Action.FINAL), None
                 if not retry_here:
                     break
                 same_host += 1

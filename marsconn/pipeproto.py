@@ -591,11 +591,16 @@ class PipeStatusError(MarsconnError):
 
 
 class Verdict(NamedTuple):
-    """What a failure means: the action, a stable error class and the error."""
+    """What a failure means: the action, a stable error class and the error.
+
+    ``next_allowed`` is false when the server asked for retries on itself
+    but not on another server.
+    """
 
     action: Action
     error_class: str | None
     error: BaseException | None
+    next_allowed: bool = True
 
 
 #: Statuses retried on the same server by default (then the next one).
@@ -678,19 +683,19 @@ def classify_status(
             returncode=code,
             server=server,
         )
-        return Verdict(action, "mars_rejected", error)
+        return Verdict(action, "mars_rejected", error, nxt)
     signal = lowered.get("x-mars-signal")
     if status == 500 and signal is not None:
         error = JobKilledError(
             f"MARS was killed by signal {signal.strip()}{where} before sending any data{tail}"
         )
-        return Verdict(action, "mars_killed", error)
+        return Verdict(action, "mars_killed", error, nxt)
     error = PipeStatusError(
         f"{server or 'the server'} answered HTTP {status} to the job{tail}",
         status=status,
         server=server,
     )
-    return Verdict(action, f"http_{status}", error)
+    return Verdict(action, f"http_{status}", error, nxt)
 
 
 def classify_error_trailer(payload: Mapping[str, Any], *, server: str = "") -> Verdict:
@@ -720,7 +725,8 @@ def classify_error_trailer(payload: Mapping[str, Any], *, server: str = "") -> V
     elif "killed" in payload:
         same = _flag(payload.get("retry_same_host"))
         nxt = _flag(payload.get("retry_next_host"))
-        action = _decide(True if same is None else same, True if nxt is None else nxt)
+        next_ok = True if nxt is None else nxt
+        action = _decide(True if same is None else same, next_ok)
         return Verdict(
             action,
             "mars_killed",
@@ -728,6 +734,7 @@ def classify_error_trailer(payload: Mapping[str, Any], *, server: str = "") -> V
                 f"MARS was killed by signal {payload['killed']}{where} while sending data; "
                 "the partial output was discarded"
             ),
+            next_ok,
         )
     return Verdict(
         Action.NEXT_SERVER,

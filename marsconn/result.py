@@ -25,7 +25,9 @@ class Outcome:
     ``error_class`` is a stable short name (``connect_refused``,
     ``mars_rejected``, ...; see docs/executor.md); ``eject`` marks a server
     that refused or timed out, to be tried last for a while; ``bytes`` is the
-    size of the output on success.
+    size of the output on success. ``next_allowed`` false (with
+    ``SAME_SERVER``) means the server asked for retries on itself only: when
+    they are used up, the failure is final.
     """
 
     action: Action
@@ -34,6 +36,7 @@ class Outcome:
     eject: bool = False
     bytes: int = 0
     job_id: str | None = None
+    next_allowed: bool = True
 
     @classmethod
     def success(cls, nbytes: int, job_id: str | None = None) -> Outcome:
@@ -49,9 +52,10 @@ class Outcome:
         *,
         eject: bool = False,
         job_id: str | None = None,
+        next_allowed: bool = True,
     ) -> Outcome:
         """A failed attempt, classified."""
-        return cls(action, error, error_class, eject, job_id=job_id)
+        return cls(action, error, error_class, eject, job_id=job_id, next_allowed=next_allowed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -695,6 +695,7 @@ class PipeTransport:
                                     verdict.error_class or "mars_failed",
                                     verdict.error,
                                     eject=verdict.error_class == "transfer_broken",
+                                    next_allowed=verdict.next_allowed,
                                     job_id=uid,
                                 )
                             else:
@@ -744,7 +745,12 @@ class PipeTransport:
                 await ctx.sink.line(f"marsconn - ERROR - {verdict.error}")
             except LogHandlerError as exc:
                 return Outcome.failed(Action.FINAL, "log_handler_error", exc)
-        return Outcome.failed(verdict.action, verdict.error_class or "http_error", verdict.error)
+        return Outcome.failed(
+            verdict.action,
+            verdict.error_class or "http_error",
+            verdict.error,
+            next_allowed=verdict.next_allowed,
+        )
 
     async def _fetch_log(
         self, session: _Session, ctx: JobContext, uid: str | None

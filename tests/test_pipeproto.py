@@ -481,7 +481,7 @@ def test_status_defaults(status: int, action: Action, error_class: str) -> None:
 
 
 def test_200_is_success() -> None:
-    assert classify_status(200, {}) == (Action.SUCCESS, None, None)
+    assert classify_status(200, {}) == (Action.SUCCESS, None, None, True)
 
 
 def test_400_carries_the_exit_code() -> None:

@@ -296,8 +296,27 @@ async def test_transient_status_retried_on_the_same_host_then_the_next(
     assert len(first.posts) == 3
     expected_class = "mars_killed" if status == 500 else f"http_{status}"
     assert classes(result) == [expected_class] * 3 + [None]
-    # The executor moves on after same_host_retries, whatever the third answer asked.
-    assert [a.outcome for a in result.attempts] == ["same_server"] * 3 + ["success"]
+    # The executor moves on after same_host_retries; the attempt records that decision.
+    assert [a.outcome for a in result.attempts] == ["same_server"] * 2 + [
+        "next_server",
+        "success",
+    ]
+
+
+async def test_retry_same_host_only_is_final_when_retries_are_used_up(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # X-MARS-RETRY-NEXT-HOST: 0 forbids the next server: after the same-host
+    # retries the failure is final and the second server never sees the job.
+    first = factory(MarsScript(http_status=503, retry_same_host=True, retry_next_host=False))
+    second = factory(MarsScript(output_size=1000))
+    result = await run(
+        plan([first.url, second.url], same_host_retries=2), mars_environ, mars_target
+    )
+    assert not result.ok
+    assert len(first.posts) == 3
+    assert second.posts == []
+    assert [a.outcome for a in result.attempts] == ["same_server", "same_server", "final"]
 
 
 @pytest.mark.parametrize("status", [429, 404])
