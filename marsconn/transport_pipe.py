@@ -57,7 +57,7 @@ from .tls import client_context
 __all__ = ["READ_SIZE", "PipeTransport", "temp_path_pattern"]
 
 #: Bytes asked of the socket per read, and the size of the one receive buffer.
-READ_SIZE = 1024 * 1024
+READ_SIZE = 4 * 1024 * 1024
 # Error answers and their bodies are small; more than this is not read.
 _ERROR_BODY_LIMIT = 1024 * 1024
 # A MARS log line longer than this is passed on in pieces.
