@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -50,3 +51,42 @@ def ws_plan() -> Callable[..., ConnectionPlan]:
         return resolve_plan(env={}, overrides=settings, logger=NullAudit())
 
     return make
+
+
+class GuardedEnviron(MutableMapping[str, str]):
+    """Stands in for os.environ: delegates to it, but fails any read while armed."""
+
+    def __init__(self, real: MutableMapping[str, str]) -> None:
+        self.real = real
+        self.armed = False
+
+    def _check(self) -> None:
+        if self.armed:
+            raise AssertionError("os.environ was read")
+
+    def __getitem__(self, key: str) -> str:
+        self._check()
+        return self.real[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self._check()
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        self._check()
+        return len(self.real)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.real[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.real[key]
+
+
+@pytest.fixture
+def guarded_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[GuardedEnviron]:
+    """``os.environ`` replaced by a guard; set ``.armed = True`` to fail on any read."""
+    guard = GuardedEnviron(os.environ)
+    monkeypatch.setattr(os, "environ", guard)
+    yield guard
+    guard.armed = False

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -848,43 +847,14 @@ def test_ordering_per_policy() -> None:
 # --- no hidden inputs, no network imports ---------------------------------------------------
 
 
-class GuardedEnviron(MutableMapping[str, str]):
-    """Stands in for os.environ: delegates to it, but fails any read while armed."""
-
-    def __init__(self, real: MutableMapping[str, str]) -> None:
-        self.real = real
-        self.armed = False
-
-    def _check(self) -> None:
-        if self.armed:
-            raise AssertionError("os.environ was read")
-
-    def __getitem__(self, key: str) -> str:
-        self._check()
-        return self.real[key]
-
-    def __iter__(self) -> Iterator[str]:
-        self._check()
-        return iter(self.real)
-
-    def __len__(self) -> int:
-        self._check()
-        return len(self.real)
-
-    def __setitem__(self, key: str, value: str) -> None:
-        self.real[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.real[key]
-
-
-def test_env_given_never_reads_os_environ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_given_never_reads_os_environ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded_environ: Any
+) -> None:
     listed = write(tmp_path / "s.list", "http://a:9100\n")
     dotenv = write(tmp_path / "d.env", "MARS_PIPE_PORT=9100\n")
     monkeypatch.setenv("MARS_USE_SHARES", "ture")
     monkeypatch.setenv("MARS_SHARES_PORT", "1234")
-    guard = GuardedEnviron(os.environ)
-    monkeypatch.setattr(os, "environ", guard)
+    guard = guarded_environ
     guard.armed = True
     try:
         plan = resolve(

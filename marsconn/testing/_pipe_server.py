@@ -27,13 +27,13 @@ import re
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 from marsconn.testing._script import MarsScript, ScriptSource, data_block, pick_script
+from marsconn.testing._util import ServerLifecycle, client_url
 
 if TYPE_CHECKING:
     import ssl
-    from types import TracebackType
 
 __all__ = ["PipeMarsServer", "PostOutcome", "PostRecord"]
 
@@ -106,7 +106,7 @@ class _Request:
 _DEFAULT_SCRIPT = MarsScript()
 
 
-class PipeMarsServer:
+class PipeMarsServer(ServerLifecycle):
     """An in-process MARS pipe server on a real socket, driven by a script.
 
     ``script`` is a :class:`MarsScript` or a function choosing one from the
@@ -171,14 +171,7 @@ class PipeMarsServer:
         """The base URL clients use, e.g. ``http://127.0.0.1:40123``."""
         if self._ssl is not None:
             return f"https://localhost:{self.port}"
-        host = self._host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return client_url("http", self._host, self.port)
 
     async def start(self) -> None:
         """Start listening; :attr:`port` and :attr:`url` are valid afterwards."""
@@ -208,18 +201,6 @@ class PipeMarsServer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # Connection handling
 

@@ -27,6 +27,39 @@ __all__ = [
 ]
 
 
+class ServerLifecycle:
+    """``async with`` support for a test server that has async ``start()``/``stop()``."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def client_url(scheme: str, host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to ``host``."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that was free a moment ago.
 
@@ -43,7 +76,7 @@ def dead_url(scheme: str = "ws") -> str:
     return f"{scheme}://127.0.0.1:{free_port()}"
 
 
-class SilentServer:
+class SilentServer(ServerLifecycle):
     """A TCP server on 127.0.0.1 that accepts connections, reads, and never answers.
 
     Clients connecting to it hang in their (TLS or WebSocket/HTTP) handshake
@@ -77,18 +110,6 @@ class SilentServer:
             await asyncio.wait(list(self._tasks))
         if server is not None:
             await server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:

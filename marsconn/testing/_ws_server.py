@@ -24,8 +24,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -33,6 +32,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from ._script import MarsScript, ScriptSource, pick_script
+from ._util import ServerLifecycle, client_url
 
 __all__ = ["JobOutcome", "JobRecord", "WsMarsServer"]
 
@@ -88,7 +88,7 @@ class _Job:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-class WsMarsServer:
+class WsMarsServer(ServerLifecycle):
     """A WebSocket MARS server on a real socket, running in the current event loop.
 
     ``shared_root`` plays the server's shared filesystem root: a job whose
@@ -172,18 +172,6 @@ class WsMarsServer:
         if self._background:
             await asyncio.wait(list(self._background))
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     @property
     def port(self) -> int:
         """The TCP port the server listens on (known once started)."""
@@ -196,12 +184,7 @@ class WsMarsServer:
         """``ws://HOST:PORT``, or ``wss://localhost:PORT`` when serving TLS."""
         if self.ssl is not None:
             return f"wss://localhost:{self.port}"
-        host = self.host
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        return client_url("ws", self.host, self.port)
 
     # -- connections -------------------------------------------------------
 
