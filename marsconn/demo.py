@@ -10,11 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import TargetError
 from .executor import execute
 from .health import ServerHealth
 from .plan import ConnectionPlan, resolve_plan
 from .result import Result
-from .testing import MarsScript, PipeMarsServer, WsMarsServer, dead_url, run_in_thread
+from .testing import (
+    MarsScript,
+    PipeMarsServer,
+    WsMarsServer,
+    dead_url,
+    expected_data,
+    run_in_thread,
+)
 
 __all__ = ["run_demo"]
 
@@ -27,6 +35,7 @@ _LOG = [
     "mars - INFO   - 20261128.120002 - 100% done",
     "mars - INFO   - 20261128.120002 - Request time: wall: 2 sec",
 ]
+_OUTPUT_SIZE = 256 * 1024
 _REQUEST = {"class": "ea", "date": "2026-11-01", "param": "167.128", "levtype": "sfc"}
 _ENVIRON = {
     "request_id": "demo-0001",
@@ -91,6 +100,15 @@ def _run(title: str, plan: ConnectionPlan, target: Path, trail: _Trail, out: Tex
             f"{len(result.attempts)} attempts, {result.duration * 1000:.0f} ms",
             file=out,
         )
+        exact = target.read_bytes() == expected_data(_OUTPUT_SIZE)
+        print(
+            "content: byte for byte what the server sent"
+            if exact
+            else "content: DIFFERS from what the server sent",
+            file=out,
+        )
+        if not exact:
+            result.error = TargetError(f"{target} does not hold the server's data")
     else:
         print(f"\nresult: FAILED: {result.error}", file=out)
     for a in result.attempts:
@@ -107,7 +125,7 @@ def _run(title: str, plan: ConnectionPlan, target: Path, trail: _Trail, out: Tex
 def _websocket(workdir: Path, out: TextIO) -> bool:
     job = workdir / "shares-job"
     job.mkdir()
-    script = MarsScript(log_lines=_LOG, line_delay=0.05, output_size=256 * 1024)
+    script = MarsScript(log_lines=_LOG, line_delay=0.05, output_size=_OUTPUT_SIZE)
     # The server's shared root is "/": client and server see one filesystem,
     # as they would on a CephFS/NFS mount.
     with run_in_thread(WsMarsServer(Path("/"), script, heartbeat_interval=1.0)) as server:
@@ -125,13 +143,18 @@ def _websocket(workdir: Path, out: TextIO) -> bool:
 def _pipe(workdir: Path, out: TextIO) -> bool:
     job = workdir / "pipe-job"
     job.mkdir()
-    script = MarsScript(log_lines=_LOG, output_size=256 * 1024, rewind_after=64 * 1024)
+    script = MarsScript(log_lines=_LOG, output_size=_OUTPUT_SIZE, rewind_after=64 * 1024)
     with run_in_thread(PipeMarsServer(script)) as server:
         trail = _Trail()
         plan = resolve_plan(
             env={"MARS_FAILOVER_ORDER": "listed"},
             config={"mars_servers": [dead_url("http"), server.url]},
             logger=trail,
+        )
+        print(
+            "\n(the pipe server below sends RWND after 64 KiB and then the whole data "
+            "again: the client must rewind)",
+            file=out,
         )
         return _run("pipe mode", plan, job / "data.grib", trail, out).ok
 
