@@ -594,3 +594,42 @@ async def test_proxy_variables_are_not_used_for_mars_servers(
     monkeypatch.delenv("NO_PROXY", raising=False)
     result = await run(ws_plan([mars_ws_server.url]), mars_environ, mars_target)
     assert result.ok, result.error
+
+
+def test_interrupting_a_thread_blocked_in_execute_kills_the_job(
+    mars_ws_server_factory: Factory, ws_plan, mars_environ, mars_target
+) -> None:
+    import ctypes
+
+    server = mars_ws_server_factory(MarsScript(run_time=30))
+    plan = ws_plan([server.url])
+    raised: list[BaseException] = []
+
+    def caller() -> None:
+        # A loop is running in this thread, so execute() takes the helper-thread path.
+        async def inside_a_loop() -> None:
+            marsconn.execute(plan, {}, mars_environ, mars_target, health=ServerHealth())
+
+        try:
+            asyncio.run(inside_a_loop())
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    for _ in range(250):
+        if server.jobs:
+            break
+        threading.Event().wait(0.02)
+    assert server.jobs, "the job never started"
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
+    )
+    thread.join(20)
+    assert not thread.is_alive()
+    assert [type(e) for e in raised] == [KeyboardInterrupt]
+    for _ in range(50):
+        if server.jobs[0].outcome != "running":
+            break
+        threading.Event().wait(0.02)
+    assert server.jobs[0].outcome == "killed"
