@@ -213,8 +213,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 class _Progress:
     """Status line on a terminal; plain log lines otherwise."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, filter_lines: bool = True) -> None:
         self.stream = stream
+        self.filter_lines = filter_lines
         self.tty = stream.isatty()
         self.lines = 0
         self.last = ""
@@ -247,9 +248,14 @@ class _Progress:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
 
-    def handler(self, line: str, job: Any, logger: Any) -> str:
+    def handler(self, line: str, job: Any, logger: Any) -> str | None:
+        from .logs import classify_line
+
         with self._lock:
             self.lines += 1
+            # A handler replaces the executor's filter, so apply it here.
+            if self.filter_lines and classify_line(line) is None:
+                return None
             self.last = line
             if self.tty:
                 self._status()
@@ -299,7 +305,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     requests = _load_request(args.request)
     plan = _resolve(args)
     target = Path(args.target).absolute()
-    progress = _Progress(sys.stderr)
+    progress = _Progress(sys.stderr, plan.logs.filter)
     try:
         with progress:
             result = execute(plan, requests, _environ(args), target, log_handler=progress.handler)
@@ -310,7 +316,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     elif result.ok:
         print(
             f"ok: {result.bytes} bytes written to {result.target} by {result.server} "
-            f"in {result.duration:.2f}s ({len(result.attempts)} attempts)"
+            f"in {result.duration:.2f}s ({len(result.attempts)} attempt"
+            f"{'s' if len(result.attempts) != 1 else ''})"
         )
     else:
         print(f"failed: {result.error}", file=sys.stderr)

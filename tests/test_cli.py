@@ -545,7 +545,7 @@ def test_retrieve_websocket(
     assert code == 0, err
     assert job_target.read_bytes() == expected_data(5000, seed=4)
     assert out.startswith(f"ok: 5000 bytes written to {job_target} by {server.url} in ")
-    assert out.rstrip().endswith("(1 attempts)")
+    assert out.rstrip().endswith("(1 attempt)")
     assert "mars - INFO - Retrieving 1 field" in err  # progress lines, not a terminal
     job = server.jobs[0]
     assert job.requests == [{"param": "2t", "date": "20260101"}]
@@ -815,3 +815,33 @@ def test_python_dash_m_marsconn() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("valid: pipe mode (shares_not_requested), 1 servers")
+
+
+def test_retrieve_filters_noise_from_the_progress_lines(
+    capsys: pytest.CaptureFixture[str], mars_ws_server_factory: Any, tmp_path: Path
+) -> None:
+    server = mars_ws_server_factory(
+        MarsScript(log_lines=["mars - INFO - Welcome", "mars - INFO - Transfering 5 bytes"])
+    )
+    request = tmp_path / "r.json"
+    request.write_text('{"param": "2t"}')
+    job = tmp_path / "job"
+    job.mkdir()
+    code = cli.main(
+        [
+            "retrieve",
+            str(request),
+            "--target",
+            str(job / "data.grib"),
+            "--server",
+            server.url,
+            "--set",
+            "use_shares=true",
+            "--set",
+            "force_websocket_mode=true",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "Transfering 5 bytes" in err
+    assert "Welcome" not in err
