@@ -845,3 +845,14 @@ def test_retrieve_filters_noise_from_the_progress_lines(
     assert code == 0
     assert "Transfering 5 bytes" in err
     assert "Welcome" not in err
+
+
+def test_demo_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert "=== WebSocket (shares) mode ===" in out
+    assert "=== pipe mode ===" in out
+    assert "mode: pipe (requested: pipe)" in out
+    assert out.count("content: byte for byte what the server sent") == 2
+    assert out.count("(connect_refused)") == 2
+    assert out.rstrip().endswith("demo succeeded")
