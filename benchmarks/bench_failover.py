@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import multiprocessing
 import os
 import platform
@@ -68,11 +67,8 @@ class NullAudit:
 
 
 def _serve(script: dict[str, Any], conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, _script, run_in_thread
+    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
 
-    # The stand-in rebuilds its 64 KiB data block (about 7 ms of pure Python)
-    # for every job; cache it so the server's own cost does not blur the figures.
-    _script.data_block = functools.lru_cache(maxsize=8)(_script.data_block)
     with run_in_thread(WsMarsServer(Path("/"), MarsScript(**script))) as server:
         conn.send(server.url)
         conn.recv()  # anything (or EOF) means stop

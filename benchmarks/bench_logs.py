@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import functools
 import gc
 import itertools
 import multiprocessing
@@ -315,11 +314,10 @@ class NullAudit:
 
 
 def _serve(lines: int, seed: int, cpus: set[int] | None, conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, _script, run_in_thread
+    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
 
     if cpus:
         os.sched_setaffinity(0, cpus)
-    _script.data_block = functools.lru_cache(maxsize=8)(_script.data_block)
     # Built before the job starts, as a real server reads MARS's lines ready-made.
     script = MarsScript(log_lines=list(mars_lines(lines, seed)), output_size=16)
     with run_in_thread(WsMarsServer(Path("/"), script)) as server:

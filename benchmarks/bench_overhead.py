@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import gc
 import json
 import logging
@@ -86,14 +85,11 @@ class NullAudit:
 
 
 def _serve(script: dict[str, Any], cpus: set[int] | None, conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, _script, run_in_thread
+    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
 
     if cpus:
         os.sched_setaffinity(0, cpus)
 
-    # The stand-in rebuilds its 64 KiB data block (about 7 ms of pure Python)
-    # for every job; cache it so the server keeps up with the client.
-    _script.data_block = functools.lru_cache(maxsize=8)(_script.data_block)
     with run_in_thread(WsMarsServer(Path("/"), MarsScript(**script))) as server:
         conn.send(server.url)
         while True:

@@ -125,34 +125,42 @@ class WebSocketTransport:
         self, ws: ClientConnection, machine: WsJobMachine, ctx: JobContext
     ) -> Outcome:
         timeouts = ctx.plan.timeouts
+        loop = asyncio.get_running_loop()
+        limit = timeouts.request
         try:
-            await ws.send(start_message(ctx.requests, ctx.environ, str(ctx.target)))
-            while machine.outcome is None:
-                limit = timeouts.request if machine.phase is JobPhase.SENT else timeouts.liveness
-                try:
-                    async with asyncio.timeout(limit):
-                        data = await ws.recv()
-                except TimeoutError:
-                    return machine.silent(limit)
-                event = machine.receive(data)
-                if isinstance(event, LogLine):
-                    try:
-                        await ctx.sink.line(event.line)
-                    except LogHandlerError as exc:
+            # One silence timer per job, armed only while waiting for the server: time
+            # spent in the caller's log handler never counts as the server being silent.
+            async with asyncio.timeout(None) as silence:
+                await ws.send(start_message(ctx.requests, ctx.environ, str(ctx.target)))
+                while machine.outcome is None:
+                    if machine.phase is JobPhase.SENT:
+                        limit = timeouts.request
+                    else:
+                        limit = timeouts.liveness
+                    silence.reschedule(loop.time() + limit)
+                    data = await ws.recv()
+                    silence.reschedule(None)
+                    event = machine.receive(data)
+                    if isinstance(event, LogLine):
+                        try:
+                            await ctx.sink.line(event.line)
+                        except LogHandlerError as exc:
+                            await self._kill(ws, machine)
+                            return Outcome.failed(
+                                Action.FINAL, "log_handler_error", exc, job_id=machine.job_id
+                            )
+                    elif isinstance(event, Started):
+                        ctx.job.job_id = event.job_id
+                    if ctx.job.kill_requested and machine.phase is JobPhase.RUNNING:
                         await self._kill(ws, machine)
                         return Outcome.failed(
-                            Action.FINAL, "log_handler_error", exc, job_id=machine.job_id
+                            Action.FINAL,
+                            "killed",
+                            JobKilledError(f"the job on {machine.server} was killed on request"),
+                            job_id=machine.job_id,
                         )
-                elif isinstance(event, Started):
-                    ctx.job.job_id = event.job_id
-                if ctx.job.kill_requested and machine.phase is JobPhase.RUNNING:
-                    await self._kill(ws, machine)
-                    return Outcome.failed(
-                        Action.FINAL,
-                        "killed",
-                        JobKilledError(f"the job on {machine.server} was killed on request"),
-                        job_id=machine.job_id,
-                    )
+        except TimeoutError:
+            return machine.silent(limit)
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             return machine.closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")

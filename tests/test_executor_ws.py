@@ -633,3 +633,24 @@ def test_interrupting_a_thread_blocked_in_execute_kills_the_job(
             break
         threading.Event().wait(0.02)
     assert server.jobs[0].outcome == "killed"
+
+
+async def test_slow_log_handler_is_not_server_silence(
+    mars_ws_server_factory: Factory, ws_plan, mars_environ, mars_target
+) -> None:
+    # Liveness is 0.2 s; the handler takes 0.5 s once. Only time spent waiting
+    # for the server counts as silence.
+    server = mars_ws_server_factory(
+        MarsScript(log_lines=["mars - INFO - Processing 1%", "mars - INFO - 100%"]),
+        heartbeat_interval=0.1,
+    )
+
+    async def slow(line: str, job: marsconn.Job, logger: Any) -> str:
+        if line.endswith("1%"):
+            await asyncio.sleep(0.5)
+        return line
+
+    plan = ws_plan([server.url], heartbeat_interval=0.1, heartbeat_misses=2)
+    result = await run(plan, mars_environ, mars_target, log_handler=slow)
+    assert result.ok, result.error
+    assert classes(result) == [None]
