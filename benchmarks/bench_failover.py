@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import marsconn
+from marsconn.audit import NullAuditLogger
 from marsconn.health import ServerHealth, default_health
 from marsconn.testing import dead_url
 
@@ -51,16 +52,6 @@ SCRIPT = {
     "log_lines": ("mars - INFO - Processing request 1", "mars - INFO - 1 fields retrieved"),
     "output_size": 16,
 }
-
-
-class NullAudit:
-    """Audit logger that drops every event."""
-
-    def info(self, event: str, **kw: Any) -> None:
-        pass
-
-    def warning(self, event: str, **kw: Any) -> None:
-        pass
 
 
 # --- the live server, in a child process ---------------------------------------------------------
@@ -107,7 +98,7 @@ def make_plan(urls: list[str]) -> marsconn.ConnectionPlan:
             "force_websocket_mode": True,
             "failover_order": "listed",
         },
-        logger=NullAudit(),
+        logger=NullAuditLogger(),
     )
 
 
@@ -127,7 +118,7 @@ async def timed_call(
     environ = dict(ENVIRON, request_id=f"bench-failover-{n}")
     started = time.perf_counter()
     result = await marsconn.execute_async(
-        plan, {"param": "2t"}, environ, target, audit_logger=NullAudit(), health=health
+        plan, {"param": "2t"}, environ, target, audit_logger=NullAuditLogger(), health=health
     )
     elapsed = time.perf_counter() - started
     if not result.ok:

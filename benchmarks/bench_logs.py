@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import marsconn
+from marsconn.audit import NullAuditLogger
 from marsconn.health import ServerHealth
 from marsconn.logs import LogSink, classify_line
 from marsconn.plan import LogPolicy
@@ -303,16 +304,6 @@ def memory_pass(lines: int, batch: int, seed: int) -> dict[str, Any]:
 # --- 3: over a real WebSocket --------------------------------------------------------------------
 
 
-class NullAudit:
-    """Audit logger that drops every event."""
-
-    def info(self, event: str, **kw: Any) -> None:
-        pass
-
-    def warning(self, event: str, **kw: Any) -> None:
-        pass
-
-
 def _serve(lines: int, seed: int, cpus: set[int] | None, conn: Connection) -> None:
     from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
 
@@ -352,7 +343,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
                 "client_filter_logs": True,
                 "log_keep_lines": 2000,
             },
-            logger=NullAudit(),
+            logger=NullAuditLogger(),
         )
         environ = {
             "request_id": "bench-logs",
@@ -372,7 +363,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
                     {"param": "2t"},
                     environ,
                     target,
-                    audit_logger=NullAudit(),
+                    audit_logger=NullAuditLogger(),
                     health=ServerHealth(),
                 )
             )

@@ -54,6 +54,7 @@ import structlog
 from websockets.asyncio.client import connect
 
 import marsconn
+from marsconn.audit import NullAuditLogger
 from marsconn.health import ServerHealth
 
 TARGET_RATIO = 1.3
@@ -69,16 +70,6 @@ ENVIRON = {
     "host": "bench-host",
     "username": "bench:000000000001",
 }
-
-
-class NullAudit:
-    """Audit logger that drops every event."""
-
-    def info(self, event: str, **kw: Any) -> None:
-        pass
-
-    def warning(self, event: str, **kw: Any) -> None:
-        pass
 
 
 # --- servers, in child processes -----------------------------------------------------------------
@@ -159,7 +150,7 @@ def make_plan(urls: list[str]) -> marsconn.ConnectionPlan:
             "force_websocket_mode": True,
             "failover_order": "listed" if len(urls) == 1 else "shuffled",
         },
-        logger=NullAudit(),
+        logger=NullAuditLogger(),
     )
 
 
@@ -360,7 +351,7 @@ def run_all(
         urls = [s.url for s in servers]
         plan = make_plan(urls)
         variants: dict[str, Callable[[], Any]] = {
-            "marsconn": lambda: marsconn_runner(plan, NullAudit()),
+            "marsconn": lambda: marsconn_runner(plan, NullAuditLogger()),
             "marsconn+structlog": lambda: marsconn_runner(plan, None),
             "minimal": lambda: minimal_runner(plan, urls),
         }

@@ -176,33 +176,32 @@ async def client_h11(port: int, target: Path) -> int:
 def marsconn_plan(port: int) -> Any:
     """The plan is resolved once per process in real use, so outside the timed part."""
     import marsconn
+    from marsconn.audit import NullAuditLogger
 
     return marsconn.resolve_plan(
         env={},
         overrides={"servers": [f"http://127.0.0.1:{port}"], "max_retries": 1, "retry_delay": 0},
-        logger=_Quiet(),
+        logger=NullAuditLogger(),
     )
 
 
 def client_marsconn(plan: Any, target: Path) -> tuple[int, dict[str, Any]]:
     """The real thing: marsconn.execute over the pipe protocol."""
     import marsconn
+    from marsconn.audit import NullAuditLogger
     from marsconn.health import ServerHealth
 
     result = marsconn.execute(
-        plan, {"param": "2t"}, ENVIRON, target, health=ServerHealth(), audit_logger=_Quiet()
+        plan,
+        {"param": "2t"},
+        ENVIRON,
+        target,
+        health=ServerHealth(),
+        audit_logger=NullAuditLogger(),
     )
     if not result.ok:
         raise RuntimeError(f"marsconn failed: {result.error}")
     return result.bytes, {"attempts": len(result.attempts)}
-
-
-class _Quiet:
-    def info(self, event: str, **kw: Any) -> None:
-        pass
-
-    def warning(self, event: str, **kw: Any) -> None:
-        pass
 
 
 def _cpu_seconds() -> float:

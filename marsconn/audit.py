@@ -27,6 +27,7 @@ __all__ = [
     "Failover",
     "JobFinished",
     "ModeFallback",
+    "NullAuditLogger",
     "PlanResolved",
     "ServerEjected",
     "ServerRestored",
@@ -53,6 +54,16 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     return names
+
+
+class NullAuditLogger:
+    """An audit logger that drops every event (benchmarks, quiet tests, opt-out)."""
+
+    def info(self, event: str, **kw: Any) -> None:
+        """Drop an info event."""
+
+    def warning(self, event: str, **kw: Any) -> None:
+        """Drop a warning event."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,19 +9,14 @@ from typing import Any
 import pytest
 
 from marsconn import ConnectionPlan, resolve_plan
+from marsconn.audit import NullAuditLogger
 from marsconn.health import ServerHealth
 
 pytest_plugins = ["marsconn.testing.pytest_plugin"]
 
 
-class NullAudit:
-    """An audit logger that drops everything (keeps test output quiet)."""
-
-    def info(self, event: str, **kw: Any) -> None:
-        pass
-
-    def warning(self, event: str, **kw: Any) -> None:
-        pass
+#: An audit logger that drops everything (keeps test output quiet).
+NullAudit = NullAuditLogger
 
 
 @pytest.fixture

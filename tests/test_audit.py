@@ -316,3 +316,17 @@ def test_audit_doc_field_types_match_the_dataclasses() -> None:
         _, fields = documented[name]
         for f in dataclasses.fields(cls):
             assert fields.get(f.name) == _doc_type(str(f.type)), f"{name}.{f.name}"
+
+
+def test_null_audit_logger_drops_every_event() -> None:
+    from marsconn import resolve_plan
+    from marsconn.audit import NullAuditLogger
+
+    with structlog.testing.capture_logs() as events:
+        resolve_plan(
+            env={"MARS_USE_SHARES": "true"},
+            overrides={"servers": ["mars-1"]},
+            server_version="0.2.0",
+            logger=NullAuditLogger(),
+        )
+    assert events == []
