@@ -542,6 +542,9 @@ def test_ctrl_c_kills_the_job(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, threading, pathlib
+        # A shell starts background jobs with SIGINT ignored, and Python keeps it
+        # ignored: give this process the handler an interactive one has.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import marsconn
         from marsconn.testing import WsMarsServer, MarsScript, run_in_thread
         target = pathlib.Path({str(tmp_path)!r}) / "data.grib"
