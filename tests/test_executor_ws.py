@@ -667,3 +667,14 @@ async def test_slow_log_handler_is_not_server_silence(
     result = await run(plan, mars_environ, mars_target, log_handler=slow)
     assert result.ok, result.error
     assert classes(result) == [None]
+
+
+async def test_server_sending_invalid_json_moves_on(
+    mars_ws_server_factory: Factory, ws_plan, mars_environ, mars_target
+) -> None:
+    broken = mars_ws_server_factory(MarsScript(invalid_json=True))
+    good = mars_ws_server_factory()
+    result = await run(ws_plan([broken.url, good.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert classes(result) == ["protocol_error", None]
+    assert "invalid JSON from server" in (result.attempts[0].error or "")

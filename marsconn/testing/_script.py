@@ -89,6 +89,9 @@ class MarsScript:
         (the real server fsyncs only after replying).
     ``write_file``
         When false a successful job writes no file at all.
+    ``invalid_json``
+        Answer ``start`` with a text message that is not JSON (a broken or
+        foreign server) instead of ``started``, then wait for the client.
 
     Pipe server only:
 
@@ -124,6 +127,7 @@ class MarsScript:
     start_delay: float = 0.0
     file_delay: float = 0.0
     write_file: bool = True
+    invalid_json: bool = False
     # Pipe server
     http_status: int | None = None
     retry_same_host: bool | None = None

@@ -304,6 +304,9 @@ class WsMarsServer(ServerLifecycle):
         try:
             if script.start_delay > 0:
                 await asyncio.sleep(script.start_delay)
+            if script.invalid_json:
+                await ws.send("<html>502 Bad Gateway</html>")
+                return
             await _send(ws, {"type": "state", "status": "started", "job_id": record.job_id})
             heartbeat: asyncio.Task[None] | None = None
             if script.send_heartbeats:
