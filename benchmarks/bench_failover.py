@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from _servers import ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
 from marsconn.audit import NullAuditLogger
@@ -55,34 +52,6 @@ SCRIPT = {
 
 
 # --- the live server, in a child process ---------------------------------------------------------
-
-
-def _serve(script: dict[str, Any], conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
-
-    with run_in_thread(WsMarsServer(Path("/"), MarsScript(**script))) as server:
-        conn.send(server.url)
-        conn.recv()  # anything (or EOF) means stop
-
-
-@contextmanager
-def server_process(script: dict[str, Any]) -> Iterator[str]:
-    """A WsMarsServer in a spawned child process; yields its URL."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(script, child), daemon=True)
-    proc.start()
-    try:
-        if not parent.poll(60):
-            raise RuntimeError("the server process did not start")
-        yield parent.recv()
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        proc.join(30)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -222,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repetitions < 1 or args.calls < 2:
         parser.error("--repetitions must be >= 1 and --calls >= 2")
 
-    with server_process(SCRIPT) as live, tempfile.TemporaryDirectory() as tmp:
+    with ws_server_processes(1, kwargs=SCRIPT) as servers, tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job"
         job.mkdir()
-        figures = asyncio.run(measure(live, job / "data.grib", args.repetitions, args.calls))
+        figures = asyncio.run(
+            measure(servers[0].url, job / "data.grib", args.repetitions, args.calls)
+        )
 
     print(
         f"WebSocket failover: {DEAD_SERVERS} refused servers listed before 1 live server "

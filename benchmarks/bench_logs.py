@@ -32,7 +32,6 @@ import collections
 import contextlib
 import gc
 import itertools
-import multiprocessing
 import os
 import platform
 import random
@@ -41,15 +40,17 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from _servers import ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
 from marsconn.audit import NullAuditLogger
 from marsconn.health import ServerHealth
 from marsconn.logs import LogSink, classify_line
 from marsconn.plan import LogPolicy
+from marsconn.testing import MarsScript
 
 TARGET_LINES_PER_SECOND = 50_000
 TARGET_MEMORY_MB = 50.0
@@ -304,36 +305,25 @@ def memory_pass(lines: int, batch: int, seed: int) -> dict[str, Any]:
 # --- 3: over a real WebSocket --------------------------------------------------------------------
 
 
-def _serve(lines: int, seed: int, cpus: set[int] | None, conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
-
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    # Built before the job starts, as a real server reads MARS's lines ready-made.
-    script = MarsScript(log_lines=list(mars_lines(lines, seed)), output_size=16)
-    with run_in_thread(WsMarsServer(Path("/"), script)) as server:
-        conn.send(server.url)
-        with contextlib.suppress(EOFError):
-            while conn.recv() == "cpu":
-                conn.send(time.process_time())
+def _log_script(lines: int, seed: int) -> MarsScript:
+    """The server's script: ``lines`` MARS lines, built in the server process."""
+    return MarsScript(log_lines=list(mars_lines(lines, seed)), output_size=16)
 
 
 def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
     cpus = sorted(os.sched_getaffinity(0))
     pinned = pin and len(cpus) >= 2
     server_cpus = set(cpus[1:]) if pinned else None
-    proc = ctx.Process(target=_serve, args=(lines, seed, server_cpus, child), daemon=True)
-    proc.start()
     original_affinity = os.sched_getaffinity(0)
     server_cpu = float("nan")
-    try:
+    with contextlib.ExitStack() as stack:
         if pinned:
             os.sched_setaffinity(0, {cpus[0]})
-        if not parent.poll(120):
-            raise RuntimeError("the server process did not start")
-        url = parent.recv()
+            stack.callback(os.sched_setaffinity, 0, original_affinity)
+        (server,) = stack.enter_context(
+            ws_server_processes(1, _log_script, (lines, seed), cpus=server_cpus)
+        )
+        url = server.url
         plan = marsconn.resolve_plan(
             env={},
             overrides={
@@ -354,8 +344,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
         }
         with tempfile.TemporaryDirectory() as tmp, RssWatch() as rss:
             target = Path(tmp) / "data.grib"
-            parent.send("cpu")
-            server_cpu0 = parent.recv()
+            server_cpu0 = server.cpu()
             wall0, cpu0 = time.perf_counter(), time.process_time()
             result = asyncio.run(
                 marsconn.execute_async(
@@ -368,16 +357,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
                 )
             )
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-            parent.send("cpu")
-            server_cpu = parent.recv() - server_cpu0
-    finally:
-        os.sched_setaffinity(0, original_affinity)
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        proc.join(30)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(5)
+            server_cpu = server.cpu() - server_cpu0
     if not result.ok:
         raise RuntimeError(f"the WebSocket job failed: {result.error}")
     return {

@@ -35,7 +35,6 @@ import contextlib
 import gc
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import shutil
@@ -46,11 +45,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import structlog
+from _servers import ServerProcess, ws_server_processes  # benchmarks/ is on sys.path
 from websockets.asyncio.client import connect
 
 import marsconn
@@ -73,69 +72,6 @@ ENVIRON = {
 
 
 # --- servers, in child processes -----------------------------------------------------------------
-
-
-def _serve(script: dict[str, Any], cpus: set[int] | None, conn: Connection) -> None:
-    from marsconn.testing import MarsScript, WsMarsServer, run_in_thread
-
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-
-    with run_in_thread(WsMarsServer(Path("/"), MarsScript(**script))) as server:
-        conn.send(server.url)
-        while True:
-            try:
-                command = conn.recv()
-            except EOFError:
-                return
-            if command == "cpu":
-                conn.send(time.process_time())
-            else:
-                return
-
-
-class ServerProcess:
-    """Handle on a WsMarsServer running in a spawned child process."""
-
-    def __init__(self, url: str, conn: Connection) -> None:
-        self.url = url
-        self._conn = conn
-
-    def cpu(self) -> float:
-        """CPU seconds the server process has used so far."""
-        self._conn.send("cpu")
-        value: float = self._conn.recv()
-        return value
-
-
-@contextmanager
-def server_processes(
-    count: int, script: dict[str, Any], cpus: set[int] | None = None
-) -> Iterator[list[ServerProcess]]:
-    """``count`` uncapped WsMarsServers, each in its own process."""
-    ctx = multiprocessing.get_context("spawn")
-    started: list[tuple[Any, Connection]] = []
-    try:
-        for _ in range(count):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(script, cpus, child), daemon=True)
-            proc.start()
-            started.append((proc, parent))
-        handles = []
-        for _, parent in started:
-            if not parent.poll(60):
-                raise RuntimeError("a server process did not start")
-            handles.append(ServerProcess(parent.recv(), parent))
-        yield handles
-    finally:
-        for _, parent in started:
-            with contextlib.suppress(OSError):
-                parent.send("stop")
-        for proc, _ in started:
-            proc.join(30)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
 
 
 # --- the three clients ---------------------------------------------------------------------------
@@ -345,7 +281,7 @@ def run_all(
 ) -> dict[str, list[RunFigures]]:
     """Warm up, then run every variant ``args.repetitions`` times."""
     with (
-        server_processes(args.servers, SCRIPT, server_cpus) as servers,
+        ws_server_processes(args.servers, kwargs=SCRIPT, cpus=server_cpus) as servers,
         tempfile.TemporaryDirectory() as tmp,
     ):
         urls = [s.url for s in servers]
