@@ -64,7 +64,7 @@ def test_every_setting_has_distinct_names() -> None:
 
 
 def test_protocol_settings_keep_their_names_and_defaults() -> None:
-    # shared/PROTOCOL.md section 1: names and defaults deployments already rely on.
+    # The names and defaults existing deployments already rely on.
     expected = {
         "MARS_USE_SHARES": ("use_shares", False),
         "MARS_FORCE_WEBSOCKET_MODE": (None, False),

@@ -1,7 +1,7 @@
 """An in-process stand-in for the MARS pipe (HTTP/1.1) server.
 
 :class:`PipeMarsServer` speaks the wire protocol of the ``cads-mars-server``
-pipe server (see ``PROTOCOL.md`` section 3) on a real socket, with the job's
+pipe server on a real socket, with the job's
 behaviour taken from a :class:`~marsconn.testing._script.MarsScript`:
 
 * ``HEAD /`` answers 204 (the ping);

@@ -1,6 +1,6 @@
 """An in-process stand-in for the ``cads-mars-server`` WebSocket ("shares") server.
 
-:class:`WsMarsServer` speaks the wire protocol of shared/PROTOCOL.md section 2:
+:class:`WsMarsServer` speaks that server's wire protocol:
 one connection runs one job, JSON text messages, ``started`` / ``log`` /
 ``heartbeat`` / ``finished`` / ``killed`` / ``error`` states, close code 1008
 at capacity, and the output written as ``data.grib`` in the directory that the
