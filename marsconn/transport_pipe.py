@@ -25,10 +25,10 @@ import os
 import re
 import secrets
 import socket
-import ssl
 from pathlib import Path
 
 from . import __version__
+from .connecting import connect_failure
 from .endpoints import Endpoint, ServerURL
 from .errors import JobKilledError, LogHandlerError, TargetError, TransferError
 from .executor import JobContext
@@ -296,18 +296,8 @@ async def _open(url: ServerURL, plan: ConnectionPlan) -> _Conn:
     return _Conn(wire)
 
 
-def _connect_failure(exc: BaseException, server: str, seconds: float) -> Outcome:
-    if isinstance(exc, TimeoutError):
-        cls, text = "connect_timeout", f"no TCP/TLS connection within {seconds:g}s"
-    elif isinstance(exc, ConnectionRefusedError):
-        cls, text = "connect_refused", "connection refused"
-    elif isinstance(exc, socket.gaierror):
-        cls, text = "dns_failure", f"host name lookup failed ({exc.strerror or exc})"
-    elif isinstance(exc, ssl.SSLError):
-        cls, text = "tls_error", f"TLS failed: {exc}"
-    else:
-        cls, text = "connect_error", f"cannot connect: {exc}"
-    return Outcome.failed(Action.NEXT_SERVER, cls, ServerLost(f"{server}: {text}"), eject=True)
+def _connect_failed(exc: BaseException, server: str, seconds: float) -> Outcome:
+    return connect_failure(exc, server, f"no TCP/TLS connection within {seconds:g}s")
 
 
 class _Session:
@@ -580,7 +570,7 @@ class PipeTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return _connect_failure(exc, session.server, timeouts.connect)
+            return _connect_failed(exc, session.server, timeouts.connect)
         failure = await self._ping(session)
         if failure is not None:
             return failure
@@ -649,7 +639,7 @@ class PipeTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return _connect_failure(exc, server, timeouts.connect)
+            return _connect_failed(exc, server, timeouts.connect)
         body = encode_job(merged_request(ctx.requests, index), ctx.environ)
         decoder = PipeBodyDecoder()
         start = part.size

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import ssl
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .connecting import connect_failure
 from .endpoints import Endpoint
 from .errors import JobKilledError, LogHandlerError, TargetError
 from .executor import JobContext
@@ -26,7 +25,6 @@ from .jobstate import (
     KILL_MESSAGE,
     JobPhase,
     LogLine,
-    ServerLost,
     Started,
     WsJobMachine,
     start_message,
@@ -46,32 +44,15 @@ def output_path(target: Path) -> Path:
     return target.parent / OUTPUT_NAME
 
 
-def _connect_failure(exc: BaseException, server: str, seconds: float) -> Outcome:
-    if isinstance(exc, TimeoutError):
-        return Outcome.failed(
-            Action.NEXT_SERVER,
-            "connect_timeout",
-            ServerLost(f"{server}: no WebSocket handshake within {seconds:g}s"),
-            eject=True,
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        cls, text = "connect_refused", "connection refused"
-    elif isinstance(exc, socket.gaierror):
-        cls, text = "dns_failure", f"host name lookup failed ({exc.strerror or exc})"
-    elif isinstance(exc, UnicodeError):  # raised by IDNA encoding for malformed names
-        cls, text = "dns_failure", f"invalid host name ({exc})"
-    elif isinstance(exc, ssl.SSLError):
-        cls, text = "tls_error", f"TLS failed: {exc}"
-    elif isinstance(exc, InvalidStatus):
+def _handshake_failure(exc: BaseException) -> tuple[str, str] | None:
+    if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        cls, text = "handshake_status", f"answered HTTP {status} instead of a WebSocket upgrade"
-    elif isinstance(exc, InvalidHandshake):
-        cls, text = "handshake_failed", f"WebSocket handshake failed: {exc}"
-    elif isinstance(exc, ConnectionClosed):
-        cls, text = "closed_before_start", "closed the connection during the handshake"
-    else:
-        cls, text = "connect_error", f"cannot connect: {exc}"
-    return Outcome.failed(Action.NEXT_SERVER, cls, ServerLost(f"{server}: {text}"), eject=True)
+        return "handshake_status", f"answered HTTP {status} instead of a WebSocket upgrade"
+    if isinstance(exc, InvalidHandshake):
+        return "handshake_failed", f"WebSocket handshake failed: {exc}"
+    if isinstance(exc, ConnectionClosed):
+        return "closed_before_start", "closed the connection during the handshake"
+    return None
 
 
 class WebSocketTransport:
@@ -104,7 +85,12 @@ class WebSocketTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return _connect_failure(exc, server, timeouts.connect)
+            return connect_failure(
+                exc,
+                server,
+                f"no WebSocket handshake within {timeouts.connect:g}s",
+                _handshake_failure,
+            )
         machine = WsJobMachine(server)
         try:
             outcome = await self._converse(ws, machine, ctx)
