@@ -17,6 +17,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from marsconn import ConnectionPlan, resolve_plan
+from marsconn.audit import NullAuditLogger
 from marsconn.testing import MarsScript
 
 #: Builds the child's script from picklable arguments (a top-level function).
@@ -110,3 +112,15 @@ class _Bound:
 
     def __call__(self, *args: Any) -> MarsScript:
         return self.factory(*args, **self.kwargs)
+
+
+def ws_plan(urls: list[str], order: str = "listed", **overrides: Any) -> ConnectionPlan:
+    """A WebSocket plan over ``urls`` in ``order``; other settings default unless overridden."""
+    settings: dict[str, Any] = {
+        "servers": urls,
+        "use_shares": True,
+        "force_websocket_mode": True,
+        "failover_order": order,
+    }
+    settings.update(overrides)
+    return resolve_plan(env={}, overrides=settings, logger=NullAuditLogger())

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _servers import ws_server_processes  # benchmarks/ is on sys.path when run
+from _servers import ws_plan, ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
 from marsconn.audit import NullAuditLogger
@@ -55,20 +55,6 @@ SCRIPT = {
 
 
 # --- measurement ---------------------------------------------------------------------------------
-
-
-def make_plan(urls: list[str]) -> marsconn.ConnectionPlan:
-    """A WebSocket plan over ``urls``, tried as listed, every other setting at its default."""
-    return marsconn.resolve_plan(
-        env={},
-        overrides={
-            "servers": urls,
-            "use_shares": True,
-            "force_websocket_mode": True,
-            "failover_order": "listed",
-        },
-        logger=NullAuditLogger(),
-    )
 
 
 ENVIRON = {
@@ -96,7 +82,7 @@ async def timed_call(
 
 
 async def measure(live: str, target: Path, repetitions: int, calls: int) -> dict[str, Any]:
-    baseline_plan = make_plan([live])
+    baseline_plan = ws_plan([live])
     counter = 0
 
     def next_n() -> int:
@@ -108,7 +94,7 @@ async def measure(live: str, target: Path, repetitions: int, calls: int) -> dict
     for _ in range(5):
         await timed_call(baseline_plan, target, ServerHealth(), next_n())
     for _ in range(2):
-        plan = make_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
+        plan = ws_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
         await timed_call(plan, target, ServerHealth(), next_n())
 
     baseline: list[float] = []
@@ -124,14 +110,14 @@ async def measure(live: str, target: Path, repetitions: int, calls: int) -> dict
         baseline.append(base)
 
         # First call: a fresh health registry, every dead server is tried.
-        plan = make_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
+        plan = ws_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
         elapsed, first_classes = await timed_call(plan, target, ServerHealth(), next_n())
         first.append(elapsed)
         added_first.append(elapsed - base)
 
         # N calls in a row through the default (process-wide) health.
         default_health().clear()
-        plan = make_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
+        plan = ws_plan([dead_url() for _ in range(DEAD_SERVERS)] + [live])
         for i in range(calls):
             elapsed, classes = await timed_call(plan, target, None, next_n())
             if i:

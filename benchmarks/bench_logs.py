@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _servers import ws_server_processes  # benchmarks/ is on sys.path when run
+from _servers import ws_plan, ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
 from marsconn.audit import NullAuditLogger
@@ -324,17 +324,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
             ws_server_processes(1, _log_script, (lines, seed), cpus=server_cpus)
         )
         url = server.url
-        plan = marsconn.resolve_plan(
-            env={},
-            overrides={
-                "servers": [url],
-                "use_shares": True,
-                "force_websocket_mode": True,
-                "client_filter_logs": True,
-                "log_keep_lines": 2000,
-            },
-            logger=NullAuditLogger(),
-        )
+        plan = ws_plan([url], client_filter_logs=True, log_keep_lines=2000)
         environ = {
             "request_id": "bench-logs",
             "user_id": "00000000-0000-4000-8000-000000000001",

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from _servers import ServerProcess, ws_server_processes  # benchmarks/ is on sys.path
+from _servers import ServerProcess, ws_plan, ws_server_processes  # benchmarks/ is on sys.path
 from websockets.asyncio.client import connect
 
 import marsconn
@@ -75,19 +75,6 @@ ENVIRON = {
 
 
 # --- the three clients ---------------------------------------------------------------------------
-
-
-def make_plan(urls: list[str]) -> marsconn.ConnectionPlan:
-    return marsconn.resolve_plan(
-        env={},
-        overrides={
-            "servers": urls,
-            "use_shares": True,
-            "force_websocket_mode": True,
-            "failover_order": "listed" if len(urls) == 1 else "shuffled",
-        },
-        logger=NullAuditLogger(),
-    )
 
 
 JobRunner = Callable[[int, Path], Awaitable[bool]]
@@ -285,7 +272,7 @@ def run_all(
         tempfile.TemporaryDirectory() as tmp,
     ):
         urls = [s.url for s in servers]
-        plan = make_plan(urls)
+        plan = ws_plan(urls, "listed" if len(urls) == 1 else "shuffled")
         variants: dict[str, Callable[[], Any]] = {
             "marsconn": lambda: marsconn_runner(plan, NullAuditLogger()),
             "marsconn+structlog": lambda: marsconn_runner(plan, None),
