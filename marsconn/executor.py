@@ -304,6 +304,21 @@ async def execute_async(
     re-raises.
     """
     reqs, env, path = _normalise(requests, environ, target)
+    return await _execute(plan, reqs, env, path, log_handler, logger, audit_logger, health, rng)
+
+
+async def _execute(
+    plan: ConnectionPlan,
+    reqs: list[dict[str, Any]],
+    env: dict[str, Any],
+    path: Path,
+    log_handler: LogHandler | None,
+    logger: LineLogger | None,
+    audit_logger: audit.AuditLogger | None,
+    health: ServerHealth | None,
+    rng: random.Random | None,
+) -> Result:
+    """:func:`execute_async` after the pre-flight checks."""
     started = time.perf_counter()
     job = Job(str(env["request_id"]))
     sink = LogSink(plan.logs, log_handler, logger, job)
@@ -400,20 +415,11 @@ def execute(
     while the caller blocks). Ctrl-C stops the job on the server, then
     ``KeyboardInterrupt`` propagates.
     """
-    _normalise(requests, environ, target)  # fail fast, in the caller's thread
+    # Pre-flight in the caller's thread, so its errors are raised here, once.
+    reqs, env, path = _normalise(requests, environ, target)
 
     def coro() -> Any:
-        return execute_async(
-            plan,
-            requests,
-            environ,
-            target,
-            log_handler=log_handler,
-            logger=logger,
-            audit_logger=audit_logger,
-            health=health,
-            rng=rng,
-        )
+        return _execute(plan, reqs, env, path, log_handler, logger, audit_logger, health, rng)
 
     try:
         asyncio.get_running_loop()
