@@ -377,12 +377,12 @@ class MarsSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """For plain ``MarsSettings()``: init kwargs, process environment, YAML file."""
-        sources, problems = _build_sources(
+        source_set, problems = _build_sources(
             settings_cls, env=os.environ, overrides=None, config=None, env_file=None
         )
         if problems:
             raise ConfigError(problems)
-        return (init_settings, *sources)
+        return (init_settings, *source_set.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,7 +600,7 @@ class _SourceSet:
     warnings: tuple[str, ...]
 
 
-def _build_sources_full(
+def _build_sources(
     settings_cls: type[BaseSettings],
     *,
     env: Mapping[str, str],
@@ -650,20 +650,6 @@ def _build_sources_full(
         tuple(warnings),
     )
     return source_set, problems
-
-
-def _build_sources(
-    settings_cls: type[BaseSettings],
-    *,
-    env: Mapping[str, str],
-    overrides: Mapping[str, Any] | None,
-    config: Mapping[str, Any] | None,
-    env_file: str | os.PathLike[str] | None,
-) -> tuple[tuple[_ValuesSource, ...], list[Problem]]:
-    source_set, problems = _build_sources_full(
-        settings_cls, env=env, overrides=overrides, config=config, env_file=env_file
-    )
-    return source_set.sources, problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,7 +715,7 @@ def _load(
     that later checks (server lists, mode) can still report their own
     problems in the same error.
     """
-    source_set, problems = _build_sources_full(
+    source_set, problems = _build_sources(
         MarsSettings,
         env=os.environ if env is None else env,
         overrides=overrides,
