@@ -10,7 +10,6 @@ for its protocol.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,12 +145,6 @@ class MarsScript:
     def log_text(self) -> str:
         """MARS's log as the pipe server serves it on ``GET /<uid>``."""
         return "".join(line + "\n" for line in self.log_lines)
-
-    def describe(self) -> str:
-        """A one-line summary, for test failure messages."""
-        return json.dumps(
-            {"returncode": self.returncode, "output_size": self.output_size}, sort_keys=True
-        )
 
 
 #: A script, or a function choosing one from the job's requests.
