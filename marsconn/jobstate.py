@@ -99,6 +99,10 @@ class WsJobMachine:
         self.job_id: str | None = None
         self.outcome: Outcome | None = None
         self.kill_sent = False
+        #: The server said ``finished`` (its late log lines may still follow).
+        self.finished = False
+        #: The server reported the job over (``finished``, ``killed`` or ``error``).
+        self.server_done = False
 
     def _end(self, outcome: Outcome) -> Outcome:
         self.phase = JobPhase.DONE
@@ -127,8 +131,10 @@ class WsJobMachine:
             self.job_id = str(msg.get("job_id", "")) or None
             return Started(self.job_id or "")
         if status == "finished":
+            self.finished = self.server_done = True
             return self._finished(msg.get("returncode"))
         if status == "killed":
+            self.server_done = True
             return self._end(
                 Outcome.failed(
                     Action.FINAL,
@@ -138,6 +144,7 @@ class WsJobMachine:
                 )
             )
         if status == "error":
+            self.server_done = True
             text = str(msg.get("error", "unspecified error"))
             return self._end(
                 Outcome.failed(
@@ -212,8 +219,8 @@ class WsJobMachine:
             )
         )
 
-    def silent(self, seconds: float) -> Outcome:
-        """Nothing arrived for ``seconds``: the server is presumed dead."""
+    def silent(self, seconds: float, pinged: float | None = None) -> Outcome:
+        """Nothing arrived for ``seconds`` (nor a pong within ``pinged``): presumed dead."""
         if self.outcome is not None:
             return self.outcome
         if self.phase is JobPhase.SENT:
@@ -222,11 +229,24 @@ class WsJobMachine:
         else:
             error_class = "server_silent"
             text = f"no message from {self.server} for {seconds:g}s while the job ran"
+            if pinged is not None:
+                text += f", and no answer to a ping within {pinged:g}s"
         return self._end(
             Outcome.failed(
                 Action.NEXT_SERVER, error_class, ServerLost(text), eject=True, job_id=self.job_id
             )
         )
+
+    def late(self, data: str | bytes) -> LogLine | None:
+        """A message after the outcome: its log line, if it is one; anything else is ignored."""
+        try:
+            msg = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(msg, dict) and msg.get("type") == "log":
+            line = msg.get("line")
+            return LogLine(line if isinstance(line, str) else str(line))
+        return None
 
 
 def _preview(data: str | bytes, limit: int = 80) -> str:

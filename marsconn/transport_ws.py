@@ -1,47 +1,49 @@
 """WebSocket ("shares") transport: one connection runs one job.
 
 The socket edge only: the meaning of each message lives in
-:mod:`marsconn.jobstate`. Time limits are per phase, never per job: the
+:mod:`marsconn.jobstate`, the private per-attempt directory in
+:mod:`marsconn.attemptdir`. Time limits are per phase, never per job: the
 connect timeout covers TCP, TLS and the handshake; ``request_timeout``
-covers the wait for ``started``; after that the job may run for as long as
-messages (heartbeats included) keep arriving.
+covers the wait for ``started``; after that the job runs for as long as the
+server shows signs of life. Silence alone never condemns a server: after
+``liveness`` seconds without a message it must also fail to answer a
+WebSocket ping.
+
+Once an attempt's outcome is known it is acted on at once: a kill, when the
+job may still run, is handed to the socket, and the connection is closed in
+the background (aborted after about a second). No close handshake ever
+stands between a decision and the next server or the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .attemptdir import DEFAULT_DIR_MODE, AttemptDir
 from .connecting import connect_failure
 from .endpoints import Endpoint
-from .errors import JobKilledError, LogHandlerError, TargetError
+from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError
 from .executor import JobContext
-from .jobstate import (
-    KILL_MESSAGE,
-    JobPhase,
-    LogLine,
-    Started,
-    WsJobMachine,
-    start_message,
-)
+from .jobstate import KILL_MESSAGE, JobPhase, LogLine, Started, WsJobMachine, start_message
 from .result import Action, Outcome
 from .tls import client_context
 
-__all__ = ["OUTPUT_NAME", "WebSocketTransport", "output_path"]
+__all__ = ["WebSocketTransport"]
 
-#: The server writes MARS's output under this name in the target's directory.
-OUTPUT_NAME = "data.grib"
-_KILL_GRACE = 5.0
-
-
-def output_path(target: Path) -> Path:
-    """Where the server's output appears on the shared filesystem."""
-    return target.parent / OUTPUT_NAME
+#: Longest wait for a kill to be handed to the socket.
+_KILL_SEND = 1.0
+#: A connection whose outcome is known is closed in the background within about this long.
+_CLOSE_GRACE = 1.0
+#: After ``finished``, late log lines are read until the server closes, at most this long.
+_DRAIN_GRACE = 1.0
+_DRAIN_MESSAGES = 100_000
+#: A silent server must answer a ping within liveness seconds, but never more than this.
+_PING_CONFIRM_MAX = 10.0
 
 
 def _handshake_failure(exc: BaseException) -> tuple[str, str] | None:
@@ -55,17 +57,64 @@ def _handshake_failure(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def _retrieve(future: asyncio.Future[float]) -> None:
+    """Done-callback: mark a pong waiter's error as seen (nobody may await it)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _answers_ping(ws: ClientConnection, seconds: float) -> str | bytes | bool:
+    """Ping; the next message if one arrives first, else whether the pong came in time."""
+    pong = asyncio.ensure_future(await ws.ping())
+    pong.add_done_callback(_retrieve)
+    receiving: asyncio.Future[str | bytes] = asyncio.ensure_future(ws.recv())
+    try:
+        await asyncio.wait((pong, receiving), timeout=seconds, return_when="FIRST_COMPLETED")
+    finally:
+        # Cancelling recv() is safe in websockets: an unread message stays queued.
+        receiving.cancel()
+        await asyncio.wait({receiving})
+    if not receiving.cancelled():
+        return receiving.result()  # a message (or ConnectionClosed): alive, or gone for sure
+    return pong.done() and not pong.cancelled() and pong.exception() is None
+
+
 class WebSocketTransport:
     """Runs one job on one WebSocket server and classifies the outcome."""
 
+    def __init__(self) -> None:
+        self._closing: set[asyncio.Task[None]] = set()
+
     async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
         """One attempt; see :class:`marsconn.executor.Transport`."""
+        mode = getattr(ctx.plan, "shares_dir_mode", DEFAULT_DIR_MODE)
+        try:
+            place = AttemptDir.create(ctx.target, mode)
+        except OSError as exc:
+            return Outcome.failed(
+                Action.FINAL,
+                "target_error",
+                TargetError(
+                    f"cannot create this attempt's private directory in {ctx.target.parent}: "
+                    f"{exc.strerror or exc}; the client needs write access there"
+                ),
+            )
+        try:
+            return await self._attempt_in(place, endpoint, ctx)
+        finally:
+            # After a success the output has been moved out; in every case nothing that
+            # the server (or a MARS it left running) does later may reach a shared place.
+            place.remove()
+
+    async def cleanup(self, ctx: JobContext, success: bool) -> None:
+        """Let background closes finish (about a second at most), then abort what is left."""
+        pending = set(self._closing)
+        if pending:
+            await asyncio.wait(pending, timeout=_CLOSE_GRACE * 2)
+
+    async def _attempt_in(self, place: AttemptDir, endpoint: Endpoint, ctx: JobContext) -> Outcome:
         timeouts = ctx.plan.timeouts
         server = endpoint.url.display()
-        output = output_path(ctx.target)
-        # Whatever an earlier attempt left must never pass for this attempt's output.
-        with contextlib.suppress(FileNotFoundError):
-            output.unlink()
         url = endpoint.url
         try:
             async with asyncio.timeout(timeouts.connect):
@@ -78,7 +127,7 @@ class WebSocketTransport:
                     open_timeout=None,
                     ping_interval=timeouts.ws_ping_interval,
                     ping_timeout=timeouts.ws_ping_interval,
-                    close_timeout=timeouts.ws_close,
+                    close_timeout=min(timeouts.ws_close, _CLOSE_GRACE),
                     compression=None,
                     user_agent_header=None,
                 )
@@ -93,116 +142,158 @@ class WebSocketTransport:
             )
         machine = WsJobMachine(server)
         try:
-            outcome = await self._converse(ws, machine, ctx)
+            outcome = await self._converse(ws, machine, ctx, str(place.output))
+            if machine.finished:
+                await self._drain(ws, machine, ctx)
+            if outcome.action is Action.SUCCESS:
+                # Moved before the connection is closed: an abnormal close makes the server
+                # delete the path it was sent.
+                outcome = await self._deliver(place, ctx.target, timeouts.target_settle, outcome)
+            return outcome
         except asyncio.CancelledError:
             # Nobody will listen to this job any more: stop it on the server.
             await asyncio.shield(self._kill(ws, machine))
             raise
         finally:
-            await self._close(ws)
-        if outcome.action is not Action.SUCCESS:
-            return outcome
-        return await self._confirm_output(ctx.target, output, timeouts.target_settle, outcome)
-
-    async def cleanup(self, ctx: JobContext, success: bool) -> None:
-        """Nothing to clean: the server owns the output until it is confirmed."""
+            self._close_soon(ws)
 
     async def _converse(
-        self, ws: ClientConnection, machine: WsJobMachine, ctx: JobContext
+        self, ws: ClientConnection, machine: WsJobMachine, ctx: JobContext, sent_target: str
     ) -> Outcome:
         timeouts = ctx.plan.timeouts
-        loop = asyncio.get_running_loop()
-        limit = timeouts.request
+        confirm = min(timeouts.liveness, _PING_CONFIRM_MAX)
         try:
-            # One silence timer per job, armed only while waiting for the server: time
-            # spent in the caller's log handler never counts as the server being silent.
-            async with asyncio.timeout(None) as silence:
-                await ws.send(start_message(ctx.requests, ctx.environ, str(ctx.target)))
-                while machine.outcome is None:
-                    if machine.phase is JobPhase.SENT:
-                        limit = timeouts.request
-                    else:
-                        limit = timeouts.liveness
-                    silence.reschedule(loop.time() + limit)
-                    data = await ws.recv()
-                    silence.reschedule(None)
-                    event = machine.receive(data)
-                    if isinstance(event, LogLine):
-                        try:
-                            await ctx.sink.line(event.line)
-                        except LogHandlerError as exc:
-                            await self._kill(ws, machine)
-                            return Outcome.failed(
-                                Action.FINAL, "log_handler_error", exc, job_id=machine.job_id
-                            )
-                    elif isinstance(event, Started):
-                        ctx.job.job_id = event.job_id
-                    if ctx.job.kill_requested and machine.phase is JobPhase.RUNNING:
-                        await self._kill(ws, machine)
-                        return Outcome.failed(
-                            Action.FINAL,
-                            "killed",
-                            JobKilledError(f"the job on {machine.server} was killed on request"),
-                            job_id=machine.job_id,
-                        )
-        except TimeoutError:
-            return machine.silent(limit)
+            await ws.send(start_message(ctx.requests, ctx.environ, sent_target))
         except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            return machine.closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
-        assert machine.outcome is not None
+            return _closed(machine, exc)
+        while machine.outcome is None:
+            running = machine.phase is JobPhase.RUNNING
+            # Only the wait for the server is timed: time spent in the caller's log
+            # handler never counts as the server being silent.
+            limit = timeouts.liveness if running else timeouts.request
+            try:
+                data = await self._next(ws, limit, confirm if running else None)
+            except TimeoutError:
+                # A frozen server reads this when it resumes, before anything else we sent.
+                await self._kill(ws, machine)
+                return machine.silent(limit, confirm if running else None)
+            except ConnectionClosed as exc:
+                return _closed(machine, exc)
+            event = machine.receive(data)
+            if isinstance(event, LogLine):
+                try:
+                    await ctx.sink.line(event.line)
+                except LogHandlerError as exc:
+                    await self._kill(ws, machine)
+                    return Outcome.failed(
+                        Action.FINAL, "log_handler_error", exc, job_id=machine.job_id
+                    )
+            elif isinstance(event, Started):
+                ctx.job.job_id = event.job_id
+            if ctx.job.kill_requested and machine.phase is JobPhase.RUNNING:
+                await self._kill(ws, machine)
+                return Outcome.failed(
+                    Action.FINAL,
+                    "killed",
+                    JobKilledError(f"the job on {machine.server} was killed on request"),
+                    job_id=machine.job_id,
+                )
         return machine.outcome
 
+    @staticmethod
+    async def _next(ws: ClientConnection, limit: float, confirm: float | None) -> str | bytes:
+        """The next message; TimeoutError after ``limit`` s of silence (and an unanswered ping)."""
+        while True:
+            try:
+                async with asyncio.timeout(limit):
+                    return await ws.recv()
+            except TimeoutError:
+                if confirm is None:
+                    raise
+            answer = await _answers_ping(ws, confirm)
+            if answer is False:
+                raise TimeoutError
+            if answer is not True:
+                return answer
+            # Busy, not dead: the server answered the ping. Keep listening.
+
+    async def _drain(self, ws: ClientConnection, machine: WsJobMachine, ctx: JobContext) -> None:
+        """Read log lines sent after ``finished`` until the server closes (bounded)."""
+        with contextlib.suppress(ConnectionClosed, TimeoutError, LogHandlerError):
+            async with asyncio.timeout(_DRAIN_GRACE):
+                for _ in range(_DRAIN_MESSAGES):
+                    line = machine.late(await ws.recv())
+                    if line is not None:
+                        await ctx.sink.line(line.line)
+
     async def _kill(self, ws: ClientConnection, machine: WsJobMachine) -> None:
-        """Ask the server to stop the job and wait briefly for its answer."""
-        if machine.kill_sent or machine.outcome is not None:
+        """Hand a kill to the socket (bounded); the answer is not awaited.
+
+        Also sent before ``started`` arrived: the server may have started the job
+        already (it answers an idle kill with a harmless error).
+        """
+        if machine.kill_sent or machine.server_done:
             return
         machine.kill_sent = True
         with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
-            async with asyncio.timeout(_KILL_GRACE):
+            async with asyncio.timeout(_KILL_SEND):
                 await ws.send(KILL_MESSAGE)
-                # The answer ('killed') or the close tells us the server acted on it.
-                while True:
-                    machine.receive(await ws.recv())
-                    if machine.outcome is not None:
-                        break
 
-    async def _close(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(Exception):
-            await ws.close()
+    def _close_soon(self, ws: ClientConnection) -> None:
+        task = asyncio.get_running_loop().create_task(_close(ws))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
-    async def _confirm_output(
-        self, target: Path, output: Path, settle: float, outcome: Outcome
+    async def _deliver(
+        self, place: AttemptDir, target: Path, settle: float, outcome: Outcome
     ) -> Outcome:
-        """Wait for the output on the shared filesystem; move it to ``target``."""
+        """Wait for the output on the shared filesystem, then rename it onto ``target``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settle
         delay = 0.01
-        size = _size(output)
+        size = place.output_size()
         while size <= 0 and loop.time() < deadline:
             # The server fsyncs only after replying, so the file may show up late.
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.25)
-            size = _size(output)
+            size = place.output_size()
         if size <= 0:
             state = "empty" if size == 0 else "missing"
             return Outcome.failed(
                 Action.FINAL,
-                "target_missing",
-                TargetError(
-                    f"the server reported success but {output} is {state} after waiting "
-                    f"{settle:g}s for the shared filesystem (MARS_TARGET_SETTLE_TIME)"
+                "no_data",
+                NoDataError(
+                    f"MARS finished without error but its output for {target} is {state} "
+                    f"after waiting {settle:g}s for the shared filesystem "
+                    "(MARS_TARGET_SETTLE_TIME): no data matched the request, or the server "
+                    "writes to a filesystem this client does not see"
                 ),
                 job_id=outcome.job_id,
             )
-        if output != target:
-            os.replace(output, target)
+        try:
+            size = place.deliver(target)
+        except OSError as exc:
+            return Outcome.failed(
+                Action.FINAL,
+                "target_error",
+                TargetError(f"cannot move the output onto {target}: {exc.strerror or exc}"),
+                job_id=outcome.job_id,
+            )
         return Outcome.success(size, outcome.job_id)
 
 
-def _size(path: Path) -> int:
-    """The file's size, or -1 when it does not exist."""
+def _closed(machine: WsJobMachine, exc: ConnectionClosed) -> Outcome:
+    rcvd = exc.rcvd
+    return machine.closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+
+
+async def _close(ws: ClientConnection) -> None:
+    """Close politely if the server answers within the grace time, else abort."""
     try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
+        async with asyncio.timeout(_CLOSE_GRACE):
+            await ws.close()
+    except asyncio.CancelledError:
+        ws.transport.abort()
+        raise
+    except Exception:
+        ws.transport.abort()

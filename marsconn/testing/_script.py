@@ -87,10 +87,15 @@ class MarsScript:
         Seconds after sending ``finished`` before ``data.grib`` appears
         (the real server fsyncs only after replying).
     ``write_file``
-        When false a successful job writes no file at all.
+        When false a successful job writes no file at all. (On the pipe
+        server too: MARS exits 0 having written nothing, so the server sends
+        no answer and closes the connection.)
     ``invalid_json``
         Answer ``start`` with a text message that is not JSON (a broken or
         foreign server) instead of ``started``, then wait for the client.
+    ``after_lines``
+        Lines sent after ``finished`` (MARS's last output can still be on
+        its way when the real server reports the end).
 
     Pipe server only:
 
@@ -127,6 +132,7 @@ class MarsScript:
     file_delay: float = 0.0
     write_file: bool = True
     invalid_json: bool = False
+    after_lines: Sequence[str] = ()
     # Pipe server
     http_status: int | None = None
     retry_same_host: bool | None = None

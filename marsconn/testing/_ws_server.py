@@ -19,8 +19,8 @@ import logging
 import os
 import ssl as ssl_module
 import tempfile
+import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,7 +41,7 @@ _log = logging.getLogger("marsconn.testing.ws_server")
 _T = TypeVar("_T")
 
 #: How a job ended, as recorded in :attr:`JobRecord.outcome`.
-JobOutcome = Literal["running", "finished", "killed", "disconnected", "died"]
+JobOutcome = Literal["running", "finished", "killed", "disconnected", "died", "orphaned"]
 
 _REQUIRED_ENVIRON = ("request_id", "user_id", "namespace", "host", "username")
 _OUTPUT_NAME = "data.grib"
@@ -62,7 +62,9 @@ class JobRecord:
     ``outcome`` is ``"running"`` until the job ends, then ``"finished"`` (MARS
     exited, see ``returncode``), ``"killed"`` (the client sent ``kill``),
     ``"disconnected"`` (the client went away, or the server stopped, while the
-    job ran) or ``"died"`` (the script made the server drop the connection).
+    job ran), ``"died"`` (the script made the server drop the connection) or
+    ``"orphaned"`` (the server crashed while the job ran; MARS runs on).
+    ``job_id`` is the environ's ``request_id``, as on the real server.
     ``lines_sent`` counts the ``log`` messages sent.
     """
 
@@ -79,29 +81,54 @@ class _BadMessage(Exception):
     """A client message the server answers with an ``error`` state."""
 
 
+#: What the stand-in MARS puts on its output queue after its last line.
+_DONE = object()
+
+
 @dataclass
 class _Job:
     record: JobRecord
     script: MarsScript
     workdir: Path
+    request_file: Path
+    sent_target: Path
     pid: int
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: The stand-in MARS: prints lines into ``lines``, runs, writes ``data.grib``.
+    mars: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Sends MARS's lines, then ``finished``, to the client.
+    sender: asyncio.Task[None] | None = field(default=None, repr=False)
+    lines: asyncio.Queue[object] = field(default_factory=asyncio.Queue, repr=False)
 
 
 class WsMarsServer(ServerLifecycle):
     """A WebSocket MARS server on a real socket, running in the current event loop.
 
-    ``shared_root`` plays the server's shared filesystem root: a job whose
-    target is ``/a/b/out.grib`` writes ``shared_root/a/b/data.grib``, and
-    ``shared_root/a/b`` must already exist. ``script`` is a
-    :class:`~marsconn.testing._script.MarsScript`, or a function choosing one
-    from the job's requests; it may be replaced between jobs.
+    It behaves as cads-mars-server's WebSocket server does, in the respects a
+    client's data safety depends on:
 
-    ``max_connections`` makes the server refuse further connections (close
-    code 1008) while that many are open. ``reject_handshake_status`` makes it
-    answer every upgrade request with that HTTP status instead. With ``ssl``
-    the server speaks TLS and :attr:`url` uses the host name ``localhost``,
-    so certificates issued for ``localhost`` verify.
+    - a job whose target is ``/a/b/out.grib`` runs in ``shared_root/a/b``
+      (which must already exist): MARS writes ``data.grib`` there (never the
+      target's own name) and the request file ``<request_id>.mars``; the
+      job id is the environ's ``request_id``;
+    - on ``kill``, and when the client disconnects abnormally, the server
+      stops MARS and deletes the request file and the target path it was
+      sent (``shared_root/a/b/out.grib``); a normal close deletes only the
+      request file;
+    - MARS runs apart from the server: :meth:`freeze` stops the server (no
+      reads, no pongs, no messages) while MARS keeps running and writing,
+      :meth:`resume` lets the server catch up; :meth:`crash` drops every
+      connection like a ``kill -9`` of the server, and the MARS jobs carry
+      on as orphans and still write their output;
+    - log lines can keep arriving after ``finished``
+      (:attr:`MarsScript.after_lines`).
+
+    ``script`` is a :class:`~marsconn.testing._script.MarsScript`, or a
+    function choosing one from the job's requests; it may be replaced between
+    jobs. ``max_connections`` makes the server refuse further connections
+    (close code 1008) while that many are open. ``reject_handshake_status``
+    makes it answer every upgrade request with that HTTP status instead.
+    With ``ssl`` the server speaks TLS and :attr:`url` uses the host name
+    ``localhost``, so certificates issued for ``localhost`` verify.
 
     Use it as an async context manager, or call :meth:`start` and
     :meth:`stop`. :attr:`jobs` records every job in the order it started;
@@ -137,6 +164,11 @@ class WsMarsServer(ServerLifecycle):
         self._server: Server | None = None
         self._port: int | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._live: set[ServerConnection] = set()
+        self._awake = asyncio.Event()
+        self._awake.set()
+        self._crashed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next_pid = 40_000
 
     # -- lifecycle ---------------------------------------------------------
@@ -155,14 +187,17 @@ class WsMarsServer(ServerLifecycle):
             logger=_log,
         )
         self._server = server
+        self._loop = asyncio.get_running_loop()
         self._port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Close every connection, cancel running jobs and stop listening.
+        """Close every connection, stop running jobs and stop listening.
 
         Jobs still running when the server stops end as ``"disconnected"``,
-        as they would if the real server's clients went away. Idempotent.
+        as they would if the real server's clients went away (orphans of a
+        :meth:`crash` are stopped too). Idempotent.
         """
+        self.resume()
         server = self._server
         if server is not None:
             server.close()
@@ -171,6 +206,72 @@ class WsMarsServer(ServerLifecycle):
             task.cancel()
         if self._background:
             await asyncio.wait(list(self._background))
+
+    def freeze(self) -> None:
+        """Stop the server process (as SIGSTOP would); the MARS jobs keep running.
+
+        Like :meth:`resume` and :meth:`crash`, callable from any thread.
+        """
+        self._in_loop(self._freeze)
+
+    def resume(self) -> None:
+        """Let a frozen server carry on (as SIGCONT would): it reads what queued up."""
+        self._in_loop(self._resume)
+
+    def _freeze(self) -> None:
+        self._awake.clear()
+        for ws in self._live:
+            ws.transport.pause_reading()
+
+    def _resume(self) -> None:
+        self._awake.set()
+        for ws in self._live:
+            with contextlib.suppress(Exception):
+                ws.transport.resume_reading()
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the server's event loop and wait for it."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or here is loop or loop.is_closed():
+            action()
+            return
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(call)
+        done.wait(_CLOSE_TIMEOUT)
+
+    @property
+    def frozen(self) -> bool:
+        """True between :meth:`freeze` and :meth:`resume`."""
+        return not self._awake.is_set()
+
+    def crash(self) -> None:
+        """Die like a ``kill -9`` of the server: connections drop, MARS jobs run on.
+
+        The server stops listening and sends nothing more; jobs still
+        running become ``"orphaned"`` and still write their output.
+        """
+        self._in_loop(self._crash)
+
+    def _crash(self) -> None:
+        self._crashed = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        for ws in list(self._live):
+            ws.transport.abort()
+        for record in self.jobs:
+            if record.outcome == "running":
+                record.outcome = "orphaned"
 
     @property
     def port(self) -> int:
@@ -206,16 +307,20 @@ class WsMarsServer(ServerLifecycle):
             )
             return
         self.connections += 1
+        self._live.add(ws)
         try:
             await self._session(ws)
         finally:
+            self._live.discard(ws)
             self.connections -= 1
 
     async def _session(self, ws: ServerConnection) -> None:
         job: _Job | None = None
+        normal_close = False
         try:
             while True:
                 message = await ws.recv()
+                await self._awake.wait()
                 try:
                     cmd, payload = _parse_message(message)
                     if cmd == "start":
@@ -225,37 +330,45 @@ class WsMarsServer(ServerLifecycle):
                                 f"(job_id {job.record.job_id}); one connection runs one job"
                             )
                         job = self._accept_start(payload)
-                        job.task = asyncio.create_task(self._run_job(ws, job))
-                    elif job is None:
-                        raise _BadMessage("No job is running: nothing to kill")
-                    elif job.record.outcome == "running":
+                        await self._launch(ws, job)
+                    elif job is None or job.record.outcome != "running":
+                        raise _BadMessage("No running job")
+                    else:
                         await self._kill(ws, job)
-                        return
-                    # Otherwise the job is already finishing: its `finished`
-                    # state answers the kill, so there is nothing to add.
                 except _BadMessage as exc:
-                    await ws.send(
-                        json.dumps({"type": "state", "status": "error", "error": str(exc)})
-                    )
-        except ConnectionClosed:
-            pass
+                    await self._send(ws, {"type": "state", "status": "error", "error": str(exc)})
+        except ConnectionClosed as exc:
+            normal_close = exc.rcvd is not None and exc.rcvd.code == CloseCode.NORMAL_CLOSURE
         finally:
-            if job is not None and job.task is not None:
-                if job.record.outcome == "running":
-                    # Like the real server killing MARS when its client leaves.
-                    job.record.outcome = "disconnected"
-                    job.task.cancel()
-                await _wait_quietly(job.task)
+            if job is not None and not self._crashed:
+                await self._client_gone(job, normal_close)
+
+    async def _client_gone(self, job: _Job, normal_close: bool) -> None:
+        """The connection ended: stop MARS if it still runs, and clean up as the real one does."""
+        await self._awake.wait()
+        if job.record.outcome in ("died", "orphaned"):
+            return  # a dead server cleans nothing up; its MARS runs on
+        running = job.record.outcome == "running"
+        if running:
+            job.record.outcome = "disconnected"
+        for task in (job.mars, job.sender):
+            if task is not None and (running or task is job.sender):
+                task.cancel()
+                await _wait_quietly(task)
+        _unlink(job.request_file)
+        if running:
+            # The real server's heartbeat task notices any disconnect of a running job and
+            # deletes the sent target too, even after a normal close: model the worst case.
+            _unlink(job.sent_target)
 
     async def _kill(self, ws: ServerConnection, job: _Job) -> None:
-        assert job.task is not None
         job.record.outcome = "killed"
-        job.task.cancel()
-        await _wait_quietly(job.task)
-        await ws.send(
-            json.dumps({"type": "state", "status": "killed", "job_id": job.record.job_id})
-        )
-        await ws.close()
+        for task in (job.mars, job.sender):
+            assert task is not None
+            task.cancel()
+            await _wait_quietly(task)
+        _unlink(job.request_file, job.sent_target)
+        await self._send(ws, {"type": "state", "status": "killed", "job_id": job.record.job_id})
 
     def _accept_start(self, payload: dict[str, Any]) -> _Job:
         for key in ("requests", "environ", "target"):
@@ -276,14 +389,22 @@ class WsMarsServer(ServerLifecycle):
         workdir = self._workdir_for(target)
         script = pick_script(self.script, requests)
         self._next_pid += 1
+        job_id = str(environ["request_id"])
         record = JobRecord(
-            job_id=str(uuid.uuid4()),
+            job_id=job_id,
             requests=requests,
             environ=dict(environ),
             target=target,
         )
         self.jobs.append(record)
-        return _Job(record=record, script=script, workdir=workdir, pid=self._next_pid)
+        return _Job(
+            record=record,
+            script=script,
+            workdir=workdir,
+            request_file=workdir / f"{job_id}.mars",
+            sent_target=self.shared_root / PurePosixPath(target).relative_to("/"),
+            pid=self._next_pid,
+        )
 
     def _workdir_for(self, target: str) -> Path:
         relative = PurePosixPath(target).parent.relative_to("/")
@@ -299,37 +420,62 @@ class WsMarsServer(ServerLifecycle):
 
     # -- the job -----------------------------------------------------------
 
-    async def _run_job(self, ws: ServerConnection, job: _Job) -> None:
+    async def _launch(self, ws: ServerConnection, job: _Job) -> None:
+        script = job.script
+        if script.start_delay > 0:
+            await asyncio.sleep(script.start_delay)
+        if script.invalid_json:
+            await ws.send("<html>502 Bad Gateway</html>")
+            return
+        _write_request_file(job)
+        await self._send(ws, {"type": "state", "status": "started", "job_id": job.record.job_id})
+        job.mars = self._spawn(self._mars(job))
+        job.sender = self._spawn(self._stream(ws, job))
+
+    async def _mars(self, job: _Job) -> None:
+        """The stand-in MARS: runs whatever happens to the server or the client."""
+        script = job.script
+        for index, line in enumerate(script.log_lines):
+            if index > 0 and script.line_delay > 0:
+                await asyncio.sleep(script.line_delay)
+            job.lines.put_nowait(line)
+        if script.run_time > 0:
+            await asyncio.sleep(script.run_time)
+        if script.returncode == 0 and script.write_file:
+            if script.file_delay > 0:
+                # The real server fsyncs only after replying: the file shows up late.
+                self._spawn(self._write_later(job))
+            else:
+                await _uncancellable_thread(_write_output, job.workdir, script)
+        job.lines.put_nowait(_DONE)
+
+    async def _stream(self, ws: ServerConnection, job: _Job) -> None:
+        """The server side of a job: MARS's lines, heartbeats, then ``finished``."""
         record, script = job.record, job.script
+        heartbeat = (
+            asyncio.create_task(self._heartbeat(ws, job)) if script.send_heartbeats else None
+        )
         try:
-            if script.start_delay > 0:
-                await asyncio.sleep(script.start_delay)
-            if script.invalid_json:
-                await ws.send("<html>502 Bad Gateway</html>")
-                return
-            await _send(ws, {"type": "state", "status": "started", "job_id": record.job_id})
-            heartbeat: asyncio.Task[None] | None = None
-            if script.send_heartbeats:
-                heartbeat = asyncio.create_task(self._heartbeat(ws, job))
-            try:
-                if not await self._send_lines(ws, job):
+            while (line := await job.lines.get()) is not _DONE:
+                die_after = script.die_after_lines
+                if die_after is not None and record.lines_sent >= die_after:
+                    await self._die(ws, job)
                     return
-                if script.run_time > 0:
-                    await asyncio.sleep(script.run_time)
-            finally:
-                if heartbeat is not None:
-                    heartbeat.cancel()
-                    await _wait_quietly(heartbeat)
-            # From here on the job has ended as far as MARS is concerned: a
-            # late `kill` or disconnect must not interrupt writing its output.
+                await self._send(ws, {"type": "log", "line": line})
+                record.lines_sent += 1
+            if script.die_after_lines is not None:
+                # A script with fewer lines than die_after_lines dies after its last.
+                await self._die(ws, job)
+                return
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await _wait_quietly(heartbeat)
+            await self._awake.wait()
+            if self._crashed:
+                return  # a dead server reports nothing
             record.outcome = "finished"
             record.returncode = script.returncode
-            if script.returncode == 0 and script.write_file:
-                if script.file_delay > 0:
-                    self._spawn(self._write_later(job))
-                else:
-                    await _uncancellable_thread(_write_output, job.workdir, script)
-            await _send(
+            await self._send(
                 ws,
                 {
                     "type": "state",
@@ -338,40 +484,35 @@ class WsMarsServer(ServerLifecycle):
                     "job_id": record.job_id,
                 },
             )
+            _unlink(job.request_file)
+            # Lines MARS printed last can still be on their way after `finished`.
+            for line in script.after_lines:
+                await self._send(ws, {"type": "log", "line": line})
+                record.lines_sent += 1
             await ws.close()
         except ConnectionClosed:
             # The session notices the closed connection and records why.
             pass
         except Exception:
-            # A fault of the stand-in itself (say, an unwritable workdir):
-            # end the connection loudly rather than leave the client waiting.
+            # A fault of the stand-in itself: end the connection loudly rather than
+            # leave the client waiting.
             _log.exception("job %s failed inside the test server", record.job_id)
             await ws.close(CloseCode.INTERNAL_ERROR, "test server error, see its log")
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
 
-    async def _send_lines(self, ws: ServerConnection, job: _Job) -> bool:
-        """Send the script's log lines; False when the script made the job die."""
-        record, script = job.record, job.script
-        die_after = script.die_after_lines
-        for index, line in enumerate(script.log_lines):
-            if die_after is not None and record.lines_sent >= die_after:
-                break
-            if index > 0 and script.line_delay > 0:
-                await asyncio.sleep(script.line_delay)
-            await _send(ws, {"type": "log", "line": line})
-            record.lines_sent += 1
-        # A script with fewer lines than die_after_lines dies after its last.
-        if die_after is None:
-            return True
-        record.outcome = "died"
+    async def _die(self, ws: ServerConnection, job: _Job) -> None:
+        """The server process dies mid-job (as with kill -9): MARS is left running."""
+        job.record.outcome = "died"
         await _drain(ws)
         ws.transport.abort()
-        return False
 
     async def _heartbeat(self, ws: ServerConnection, job: _Job) -> None:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(self.heartbeat_interval)
-                await _send(
+                await self._send(
                     ws,
                     {
                         "type": "heartbeat",
@@ -382,19 +523,22 @@ class WsMarsServer(ServerLifecycle):
                     },
                 )
 
+    async def _send(self, ws: ServerConnection, message: dict[str, Any]) -> None:
+        # A frozen server sends nothing; what it meant to send goes out when it resumes.
+        await self._awake.wait()
+        if self._crashed:
+            raise ConnectionClosed(None, None)
+        await ws.send(json.dumps(message))
+
     async def _write_later(self, job: _Job) -> None:
         await asyncio.sleep(job.script.file_delay)
-        try:
-            await _uncancellable_thread(_write_output, job.workdir, job.script)
-        except OSError:
-            # Nobody awaits this task to hear about it; a missing file is
-            # what the test will notice, the log says why.
-            _log.exception("writing %s in %s failed", _OUTPUT_NAME, job.workdir)
+        await _uncancellable_thread(_write_output, job.workdir, job.script)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
 
 def _parse_message(message: str | bytes) -> tuple[str, dict[str, Any]]:
@@ -426,10 +570,6 @@ def _normalise_requests(value: object) -> list[dict[str, Any]]:
             )
         requests.append(item)
     return requests
-
-
-async def _send(ws: ServerConnection, message: dict[str, Any]) -> None:
-    await ws.send(json.dumps(message))
 
 
 async def _drain(ws: ServerConnection) -> None:
@@ -466,7 +606,27 @@ async def _uncancellable_thread(func: Callable[..., _T], *args: Any) -> _T:
 def _write_output(workdir: Path, script: MarsScript) -> None:
     # Written under a temporary name and renamed, so whoever polls for
     # data.grib sees either nothing or the whole file.
-    _write_atomic(workdir / _OUTPUT_NAME, script.data())
+    try:
+        _write_atomic(workdir / _OUTPUT_NAME, script.data())
+    except FileNotFoundError:
+        # The directory is gone (the client removed it): MARS would fail to open its target.
+        _log.info("%s vanished before MARS wrote %s", workdir, _OUTPUT_NAME)
+
+
+def _write_request_file(job: _Job) -> None:
+    """``<request_id>.mars`` in the job's directory, in MARS's request syntax."""
+    target = job.workdir / _OUTPUT_NAME
+    blocks = []
+    for request in job.record.requests:
+        body = "".join(f"{key}={value},\n" for key, value in request.items() if key != "target")
+        blocks.append(f"RETRIEVE,\n{body}TARGET='{target}'\n")
+    job.request_file.write_text("".join(blocks))
+
+
+def _unlink(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _write_atomic(path: Path, chunks: Iterable[bytes]) -> None:

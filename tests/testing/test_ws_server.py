@@ -317,7 +317,7 @@ async def test_missing_workdir(make_server: Any) -> None:
         await ws.send(start_message(target="/nowhere/data.grib"))
         assert_error(await recv(ws), "workdir", "/nowhere", "missing on this server")
         await ws.send(json.dumps({"cmd": "kill"}))
-        assert_error(await recv(ws), "No job")
+        assert_error(await recv(ws), "No running job")
     assert server.jobs == []
 
 
@@ -325,7 +325,7 @@ async def test_kill_without_job(make_server: Any) -> None:
     server = await make_server()
     async with connect_to(server) as ws:
         await ws.send(json.dumps({"cmd": "kill"}))
-        assert_error(await recv(ws), "nothing to kill")
+        assert_error(await recv(ws), "No running job")
 
 
 async def test_second_start_on_same_connection(make_server: Any) -> None:
@@ -342,18 +342,24 @@ async def test_second_start_on_same_connection(make_server: Any) -> None:
 # -- ending a job early -----------------------------------------------------
 
 
-async def test_kill(make_server: Any, output: Path) -> None:
+async def test_kill(make_server: Any, root: Path, output: Path) -> None:
     server = await make_server(MarsScript(run_time=30))
+    sent = root / TARGET.lstrip("/")
+    sent.write_bytes(b"whatever was at the path the server was sent")
     async with connect_to(server) as ws:
         await ws.send(start_message())
         job_id = (await recv(ws))["job_id"]
+        assert await exists(output.parent / f"{job_id}.mars")
         await ws.send(json.dumps({"cmd": "kill"}))
-        messages = await recv_all(ws)
-        assert ws.close_code == 1000
-    assert messages[-1] == {"type": "state", "status": "killed", "job_id": job_id}
+        assert await recv_state(ws) == {"type": "state", "status": "killed", "job_id": job_id}
+        # As the real server: the connection stays open after a kill, the client closes it.
+        await ws.send(json.dumps({"cmd": "kill"}))
+        assert_error(await recv(ws), "No running job")
     assert server.jobs[0].outcome == "killed"
     assert server.jobs[0].returncode is None
     assert not await exists(output)
+    # The real server deletes the request file and the target path it was sent.
+    assert sorted(p.name for p in output.parent.iterdir()) == []
 
 
 async def test_die_after_lines_drops_without_close_frame(make_server: Any, output: Path) -> None:
@@ -368,8 +374,82 @@ async def test_die_after_lines_drops_without_close_frame(make_server: Any, outpu
         assert info.value.rcvd is None
     assert server.jobs[0].outcome == "died"
     assert server.jobs[0].lines_sent == 2
-    assert not await exists(output)
     await eventually(lambda: server.connections == 0)
+    # A dead server's MARS runs on: it still writes its output, and nothing is cleaned up.
+    await eventually(lambda: output.exists())
+    assert await read(output) == expected_data(MarsScript().output_size)
+    assert (output.parent / f"{server.jobs[0].job_id}.mars").exists()
+
+
+async def test_request_file_and_job_id_as_the_real_server(make_server: Any, output: Path) -> None:
+    server = await make_server(MarsScript(run_time=0.3))
+    async with connect_to(server) as ws:
+        await ws.send(start_message())
+        started = await recv(ws)
+        assert started["job_id"] == ENVIRON["request_id"]
+        request_file = output.parent / "req-1.mars"
+        assert await exists(request_file)
+        text = await asyncio.to_thread(request_file.read_text)
+        assert text == f"RETRIEVE,\nclass=ea,\nparam=2t,\nTARGET='{output}'\n"
+        assert (await recv_state(ws))["status"] == "finished"
+    assert not await exists(request_file)
+
+
+async def test_lines_after_finished(make_server: Any) -> None:
+    server = await make_server(MarsScript(log_lines=("a",), after_lines=("b", "c")))
+    async with connect_to(server) as ws:
+        await ws.send(start_message())
+        messages = await recv_all(ws)
+    kinds = [m.get("status") or m.get("line") for m in messages if m["type"] != "heartbeat"]
+    assert kinds == ["started", "a", "finished", "b", "c"]
+    assert server.jobs[0].lines_sent == 3
+
+
+async def test_disconnect_deletes_the_sent_target(
+    make_server: Any, root: Path, output: Path
+) -> None:
+    server = await make_server(MarsScript(run_time=30))
+    sent = root / TARGET.lstrip("/")
+    async with connect_to(server) as ws:
+        await ws.send(start_message())
+        assert (await recv(ws))["status"] == "started"
+        await asyncio.to_thread(sent.write_bytes, b"somebody's data")
+    await eventually(lambda: server.jobs[0].outcome == "disconnected")
+    await eventually(lambda: not sent.exists())
+    assert not await exists(output.parent / "req-1.mars")
+
+
+async def test_freeze_and_resume(make_server: Any, output: Path) -> None:
+    server = await make_server(MarsScript(log_lines=("a", "b"), line_delay=0.2))
+    async with connect_to(server) as ws:
+        await ws.send(start_message())
+        assert (await recv(ws))["status"] == "started"
+        server.freeze()
+        assert server.frozen
+        pong = await ws.ping()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pong), 0.5)
+        # MARS ran on while the server was frozen: its output is there already.
+        await eventually(lambda: output.exists())
+        server.resume()
+        assert not server.frozen
+        await asyncio.wait_for(pong, TIMEOUT)
+        messages = await recv_all(ws)
+    assert [m.get("line") for m in of_type(messages, "log")] == ["a", "b"]
+    assert messages[-1]["status"] == "finished"
+
+
+async def test_crash_leaves_mars_running(make_server: Any, output: Path) -> None:
+    server = await make_server(MarsScript(run_time=0.3))
+    async with connect_to(server) as ws:
+        await ws.send(start_message())
+        assert (await recv(ws))["status"] == "started"
+        server.crash()
+        with pytest.raises(ConnectionClosedError):
+            await recv_all(ws)
+    assert server.jobs[0].outcome == "orphaned"
+    await eventually(lambda: output.exists())
+    assert await exists(output.parent / "req-1.mars")  # nobody cleans up after a crash
 
 
 async def test_client_disconnect_cancels_job(make_server: Any, output: Path) -> None:
