@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TextIO
 
 __all__ = [
@@ -91,6 +91,7 @@ class PlanResolved(AuditEvent):
     endpoint_count: int
     fingerprint: str
     sources: list[str]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

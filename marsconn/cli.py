@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--explain", action="store_true", help="say where every value came from")
 
-    p = sub.add_parser("validate", help="check a deployment's configuration (exit 1 if invalid)")
+    p = sub.add_parser(
+        "validate",
+        help="check a deployment's configuration (exit 1 if invalid, or if "
+        "MARS_CONFIG_FILE names a file that does not exist)",
+    )
     _add_sources(p)
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
@@ -120,13 +124,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _resolve(args: argparse.Namespace) -> ConnectionPlan:
+def _resolve(args: argparse.Namespace, *, strict: bool = False) -> ConnectionPlan:
     return resolve_plan(
         env=os.environ,
         env_file=args.env_file,
         config_file=args.config,
         overrides=_overrides(args),
         server_version=args.assume_server_version,
+        strict=strict,
     )
 
 
@@ -154,7 +159,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     try:
-        plan = _resolve(args)
+        # Strict: a MARS_CONFIG_FILE naming a missing file is only a warning for
+        # retrievals, but a deployment check must not let it ship.
+        plan = _resolve(args, strict=True)
     except ConfigError as err:
         if args.json:
             problems = [

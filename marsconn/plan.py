@@ -40,7 +40,9 @@ __all__ = [
     "resolve_plan",
 ]
 
-PLAN_FORMAT = 1
+#: Version of the plan's serialised form. 2 added ``FailoverPolicy.backoff_mode`` and
+#: ``ConnectionPlan.shares_dir_mode``; format-1 plans (no ``format`` key) are still read.
+PLAN_FORMAT = 2
 
 
 class Mode(StrEnum):
@@ -62,6 +64,7 @@ class Reason(StrEnum):
 
 
 Order = Literal["listed", "shuffled", "stable"]
+Backoff = Literal["fixed", "exponential"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +72,15 @@ class FailoverPolicy:
     """How servers are walked and retried, as an immutable value.
 
     ``max_passes`` full passes over the server list; between passes the
-    executor sleeps ``backoff(pass_index)``: ``backoff_initial`` doubled each
-    pass, capped at ``backoff_max``, with up to ``jitter`` (a fraction) of it
-    added at random. Never any sleep between two servers of one pass.
-    ``same_host_retries`` bounds retries on one server for transient pipe
-    statuses. A server that refused or timed out is tried last by the whole
-    process for ``eject_cooldown`` seconds.
+    executor sleeps ``backoff(pass_index)``, never between two servers of one
+    pass. With ``backoff_mode`` ``"fixed"`` (the default, cads-mars-server's
+    behaviour) that is ``backoff_initial`` every time. With
+    ``"exponential"`` it is ``backoff_initial`` multiplied by
+    ``backoff_multiplier`` each pass, capped at ``backoff_max``, with up to
+    ``jitter`` (a fraction) of it added at random; those three fields apply
+    to exponential backoff only. ``same_host_retries`` bounds retries on one
+    server for transient pipe statuses. A server that refused or timed out is
+    tried last by the whole process for ``eject_cooldown`` seconds.
     """
 
     order: Order = "shuffled"
@@ -85,12 +91,24 @@ class FailoverPolicy:
     jitter: float = 0.5
     same_host_retries: int = 2
     eject_cooldown: float = 30.0
+    backoff_mode: Backoff = "fixed"
 
     def backoff(self, pass_index: int, rng: random.Random | None = None) -> float:
         """Seconds to sleep after failed pass ``pass_index`` (0-based), jitter included."""
+        if self.backoff_mode == "fixed":
+            return float(self.backoff_initial)
         base = min(self.backoff_max, self.backoff_initial * self.backoff_multiplier**pass_index)
         spread = (rng or random).random() * self.jitter * base
         return float(min(self.backoff_max, base + spread))
+
+    def describe_backoff(self) -> str:
+        """The sleep between passes in words, for explanations."""
+        if self.backoff_mode == "fixed":
+            return f"{self.backoff_initial:g}s between passes (fixed)"
+        return (
+            f"backoff between passes {self.backoff_initial:g}s x{self.backoff_multiplier:g} "
+            f"(cap {self.backoff_max:g}s, jitter {self.jitter:.0%})"
+        )
 
     def ordered(
         self,
@@ -165,7 +183,10 @@ class ConnectionPlan:
     ``endpoints`` are the servers of the effective ``mode``, in configured
     order (the policy's order is applied per retrieval). ``fingerprint`` is a
     hash of the effective behaviour (mode, endpoints, ports, policy,
-    timeouts, log and TLS settings), not of how it was configured.
+    timeouts, log, TLS and shares-directory settings), not of how it was
+    configured. ``shares_dir_mode`` is the permission mode of the private
+    directory a WebSocket attempt makes beside the target for the server to
+    write into.
     """
 
     mode: Mode
@@ -185,6 +206,7 @@ class ConnectionPlan:
     warnings: tuple[str, ...]
     settings: tuple[tuple[str, Any, Provenance], ...] = field(repr=False)
     fingerprint: str = ""
+    shares_dir_mode: int = 0o733
 
     @property
     def urls(self) -> list[str]:
@@ -208,17 +230,7 @@ class ConnectionPlan:
 
     def effective(self) -> dict[str, Any]:
         """The behaviour-defining part of the plan; what the fingerprint covers."""
-        return {
-            "format": PLAN_FORMAT,
-            "mode": self.mode.value,
-            "endpoints": [e.url.display() for e in self.endpoints],
-            "pipe_port": self.pipe_port,
-            "shares_port": self.shares_port,
-            "policy": _asdict(self.policy),
-            "timeouts": _asdict(self.timeouts),
-            "logs": _asdict(self.logs),
-            "ca_bundle": self.ca_bundle,
-        }
+        return _effective(self, PLAN_FORMAT)
 
     def to_dict(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
         """The whole plan as JSON-ready data.
@@ -239,6 +251,7 @@ class ConnectionPlan:
                 item["derived_from"] = url(e.derived_from)
             endpoints.append(item)
         return {
+            "format": PLAN_FORMAT,
             "mode": self.mode.value,
             "requested_mode": self.requested_mode.value,
             "reason": self.reason.value,
@@ -253,6 +266,7 @@ class ConnectionPlan:
             "timeouts": _asdict(self.timeouts),
             "logs": _asdict(self.logs),
             "ca_bundle": self.ca_bundle,
+            "shares_dir_mode": self.shares_dir_mode,
             "warnings": list(self.warnings),
             "settings": {
                 name: {
@@ -277,9 +291,20 @@ class ConnectionPlan:
         The fingerprint is recomputed and must match the stored one, so a
         plan edited by hand is refused rather than silently run. Redacted
         credentials cannot be restored: serialise with ``reveal_secrets=True``
-        when the servers need them.
+        when the servers need them. A format-1 plan (written before the
+        ``format`` key existed) is read with the behaviour it was resolved
+        with: exponential backoff, and the default ``shares_dir_mode``.
         """
+        fmt = data.get("format", 1)
+        if fmt not in (1, PLAN_FORMAT):
+            raise ValueError(
+                f"not a serialised ConnectionPlan: format {fmt!r} is not 1 or {PLAN_FORMAT}"
+            )
         try:
+            policy = dict(data["policy"])
+            if fmt == 1:
+                # Format 1 had no backoff_mode: its backoff was always exponential.
+                policy["backoff_mode"] = "exponential"
             endpoints = tuple(
                 Endpoint(
                     parse_server_url(e["url"]),
@@ -299,7 +324,7 @@ class ConnectionPlan:
                 endpoints=endpoints,
                 pipe_port=data["pipe_port"],
                 shares_port=data["shares_port"],
-                policy=FailoverPolicy(**data["policy"]),
+                policy=FailoverPolicy(**policy),
                 timeouts=Timeouts(**data["timeouts"]),
                 logs=LogPolicy(**data["logs"]),
                 ca_bundle=data["ca_bundle"],
@@ -308,6 +333,7 @@ class ConnectionPlan:
                     (name, item["value"], Provenance.from_dict(item["provenance"]))
                     for name, item in data["settings"].items()
                 ),
+                shares_dir_mode=data["shares_dir_mode"] if fmt != 1 else 0o733,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a serialised ConnectionPlan: {exc!r}") from None
@@ -316,13 +342,13 @@ class ConnectionPlan:
                 "the plan's server credentials were redacted; serialise it with "
                 "to_dict(reveal_secrets=True) to hand it to another process"
             )
-        plan = dataclasses.replace(plan, fingerprint=_fingerprint(plan))
-        if plan.fingerprint != data.get("fingerprint"):
+        stored = _fingerprint(plan, fmt)
+        if stored != data.get("fingerprint"):
             raise ValueError(
                 f"plan fingerprint mismatch: stored {data.get('fingerprint')!r}, "
-                f"recomputed {plan.fingerprint!r}; the plan was changed after it was resolved"
+                f"recomputed {stored!r}; the plan was changed after it was resolved"
             )
-        return plan
+        return _with_fingerprint(plan)
 
     @classmethod
     def from_json(cls, text: str) -> ConnectionPlan:
@@ -343,9 +369,8 @@ class ConnectionPlan:
             lines.append(f"  {i}. {e.url.display()}{via}   [{e.provenance.describe()}]")
         p, t = self.policy, self.timeouts
         lines += [
-            f"failover: {p.max_passes} passes; no sleep between servers; backoff between passes "
-            f"{p.backoff_initial:g}s x{p.backoff_multiplier:g} (cap {p.backoff_max:g}s, "
-            f"jitter {p.jitter:.0%}); dead servers tried last for {p.eject_cooldown:g}s",
+            f"failover: {p.max_passes} passes; no sleep between servers; "
+            f"{p.describe_backoff()}; dead servers tried last for {p.eject_cooldown:g}s",
             f"timeouts: connect {t.connect:g}s, acknowledge {t.request:g}s, "
             + (
                 f"liveness {t.liveness:g}s ({t.heartbeat_misses} x {t.heartbeat_interval:g}s "
@@ -354,6 +379,14 @@ class ConnectionPlan:
                 else f"read {t.read:g}s, "
             )
             + (f"job deadline {t.job_deadline:g}s" if t.job_deadline else "no job deadline"),
+        ]
+        if self.mode is Mode.WEBSOCKET:
+            lines.append(
+                "shares: the server writes into a private directory per attempt beside the "
+                f"target, mode {self.shares_dir_mode:#o}"
+            )
+        lines += [
+            "sources: " + (", ".join(self.sources) or "defaults only"),
             "settings:",
         ]
         width = max(len(name) for name, _, _ in self.settings)
@@ -361,6 +394,8 @@ class ConnectionPlan:
             shown = _jsonable(value)
             if name in ("servers", "ws_servers") and isinstance(shown, list):
                 shown = f"[{len(shown)} servers]"
+            elif name == "shares_dir_mode" and isinstance(shown, int):
+                shown = f"{shown:#o}"
             lines.append(f"  {name.ljust(width)} = {shown!s:<12} [{prov.describe()}]")
         for w in self.warnings:
             lines.append(f"warning: {w}")
@@ -379,8 +414,28 @@ def _asdict(value: FailoverPolicy | Timeouts | LogPolicy) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__slots__}
 
 
-def _fingerprint(plan: ConnectionPlan) -> str:
-    canonical = json.dumps(plan.effective(), sort_keys=True, separators=(",", ":"))
+def _effective(plan: ConnectionPlan, fmt: int) -> dict[str, Any]:
+    policy = _asdict(plan.policy)
+    out: dict[str, Any] = {
+        "format": fmt,
+        "mode": plan.mode.value,
+        "endpoints": [e.url.display() for e in plan.endpoints],
+        "pipe_port": plan.pipe_port,
+        "shares_port": plan.shares_port,
+        "policy": policy,
+        "timeouts": _asdict(plan.timeouts),
+        "logs": _asdict(plan.logs),
+        "ca_bundle": plan.ca_bundle,
+    }
+    if fmt == 1:
+        del policy["backoff_mode"]  # format 1 predates it (and shares_dir_mode)
+    else:
+        out["shares_dir_mode"] = plan.shares_dir_mode
+    return out
+
+
+def _fingerprint(plan: ConnectionPlan, fmt: int = PLAN_FORMAT) -> str:
+    canonical = json.dumps(_effective(plan, fmt), sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -611,6 +666,7 @@ def resolve_plan(
     server_version: str | None = None,
     default_list_files: Sequence[str] = DEFAULT_LIST_FILES,
     logger: audit.AuditLogger | None = None,
+    strict: bool = False,
 ) -> ConnectionPlan:
     """Merge every settings source and decide how to reach the MARS servers.
 
@@ -622,10 +678,19 @@ def resolve_plan(
     configured. Emits ``marsconn.plan.resolved`` (and ``marsconn.mode.fallback``
     when shares was requested but not granted) to ``logger``.
 
+    A ``MARS_CONFIG_FILE`` naming a file that does not exist is a plan
+    warning and the other sources apply, as in cads-mars-server; with
+    ``strict`` (what ``marsconn validate`` uses) it is a problem.
+
     Raises :class:`~marsconn.errors.ConfigError` listing every problem.
     """
     loaded, problems = _load(
-        config, env=env, env_file=env_file, config_file=config_file, overrides=overrides
+        config,
+        env=env,
+        env_file=env_file,
+        config_file=config_file,
+        overrides=overrides,
+        strict=strict,
     )
     s = loaded.settings
     cap: Capability | None = None
@@ -664,6 +729,7 @@ def resolve_plan(
             backoff_max=s.retry_backoff_max,
             same_host_retries=s.same_host_retries,
             eject_cooldown=s.eject_cooldown,
+            backoff_mode=s.retry_backoff,
         ),
         timeouts=Timeouts(
             connect=s.connect_timeout,
@@ -682,6 +748,7 @@ def resolve_plan(
         settings=tuple(
             (name, getattr(s, name), loaded.provenance[name]) for name in type(s).model_fields
         ),
+        shares_dir_mode=s.shares_dir_mode,
     )
     plan = _with_fingerprint(plan)
     audit.emit(
@@ -694,6 +761,7 @@ def resolve_plan(
             endpoint_count=len(plan.endpoints),
             fingerprint=plan.fingerprint,
             sources=plan.sources,
+            warnings=list(plan.warnings),
         ),
         logger,
     )

@@ -7,7 +7,9 @@ Sources, highest precedence first:
 3. the environment (``MARS_*`` variables);
 4. an optional dotenv file;
 5. the YAML file (``MARS_CONFIG_FILE``, default ``/etc/cads-mars-server.yaml``;
-   absent is fine unless it was named explicitly);
+   the default may be absent; one named by ``MARS_CONFIG_FILE`` that does not
+   exist is a warning, or an error in strict mode (``marsconn validate``);
+   one passed as ``config_file=`` must exist);
 6. defaults.
 
 Each source is a pydantic-settings source. :func:`load_settings` merges them
@@ -56,6 +58,11 @@ _SECONDS = "a number of seconds greater than 0"
 _SECONDS0 = "a number of seconds, 0 or more"
 _OPT_SECONDS = "a number of seconds greater than 0, or none/null to disable"
 _URLS = "comma-separated server URLs, or a list of URLs in YAML/JSON"
+_DIR_MODE = (
+    "an octal permission mode such as 0733, 0o733 or '733' (quoted in YAML) that gives "
+    "the owner rwx (0o700) and sets nothing beyond 0o777"
+)
+_OCTAL = re.compile(r"^(?:0[oO])?([0-7]+)$")
 
 
 def _setting(
@@ -198,15 +205,26 @@ class MarsSettings(BaseSettings):
     )
     retry_delay: float = _setting(
         2.0,
-        "Base of the exponential backoff slept between passes (never after a single server).",
+        "Seconds slept between two passes over the server list, never between the servers "
+        "of one pass (with exponential backoff: the first of the growing sleeps).",
         env="MARS_RETRY_DELAY",
         yaml_key="retry_delay",
         accepted=_SECONDS0,
         ge=0,
     )
+    retry_backoff: Literal["fixed", "exponential"] = _setting(
+        "fixed",
+        "How the sleep between passes grows: fixed (retry_delay every time, as "
+        "cads-mars-server's client) or exponential (retry_delay doubled each pass, "
+        "capped at retry_backoff_max, plus up to 50% random jitter).",
+        env="MARS_RETRY_BACKOFF",
+        yaml_key="retry_backoff",
+        accepted="fixed or exponential",
+        added=True,
+    )
     retry_backoff_max: float = _setting(
         60.0,
-        "Cap of the backoff between passes.",
+        "Exponential backoff only: cap of the sleep between passes.",
         env="MARS_RETRY_BACKOFF_MAX",
         yaml_key="retry_backoff_max",
         accepted=_SECONDS0,
@@ -315,6 +333,16 @@ class MarsSettings(BaseSettings):
         accepted="the path of a PEM file",
         added=True,
     )
+    shares_dir_mode: int = _setting(
+        0o733,
+        "WebSocket mode: permissions of the private per-attempt directory made beside the "
+        "target, where the server writes the output and its request file (default 0o733: "
+        "the owner may do anything, others may create files in it but not list it).",
+        env="MARS_SHARES_DIR_MODE",
+        yaml_key="shares_dir_mode",
+        accepted=_DIR_MODE,
+        added=True,
+    )
 
     @field_validator("use_shares", "force_websocket_mode", "client_filter_logs", mode="before")
     @classmethod
@@ -353,10 +381,42 @@ class MarsSettings(BaseSettings):
             return None
         return value
 
-    @field_validator("failover_order", mode="before")
+    @field_validator("failover_order", "retry_backoff", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("shares_dir_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        # Text is always octal ("0733", "0o733", "733"); a number is the mode itself,
+        # which is what YAML's unquoted 0733 gives (YAML 1.1 reads it as octal).
+        if isinstance(value, bool):
+            raise ValueError("not a permission mode")
+        if isinstance(value, str):
+            match = _OCTAL.match(value.strip())
+            if match is None:
+                raise ValueError("not an octal permission mode")
+            return int(match.group(1), 8)
+        if isinstance(value, int) and value > 0o777 and re.fullmatch(r"[0-7]{3}", str(value)):
+            raise ValueError(
+                f"{value} is more than 0o777; in YAML write the mode as 0{value} or quote it"
+            )
+        return value
+
+    @field_validator("shares_dir_mode")
+    @classmethod
+    def _dir_mode(cls, value: int) -> int:
+        if value < 0 or value & ~0o777:
+            raise ValueError(
+                f"{oct(value)} sets bits beyond 0o777 (setuid, setgid or sticky, or too large)"
+            )
+        if value & 0o700 != 0o700:
+            raise ValueError(
+                f"{oct(value)} does not give the owner rwx: marsconn must be able to "
+                "list, read and remove what the server leaves in the directory"
+            )
+        return value
 
     @field_validator("required_server_version")
     @classmethod
@@ -506,31 +566,46 @@ def _yaml_problem(path: Path, exc: Exception) -> Problem:
     return Problem(where, f"invalid YAML: {detail}", accepted="a YAML mapping")
 
 
+def _missing_yaml(
+    path: Path, explicit: Provenance | None, strict: bool
+) -> tuple[list[Problem], list[str]]:
+    """What a YAML file that does not exist means, depending on who named it."""
+    if explicit is None:  # the default /etc file: most workers have none
+        return [], []
+    if strict or explicit.kind is SourceKind.OVERRIDE:
+        # `marsconn validate`, or a caller that passed config_file= itself.
+        return [
+            Problem(
+                explicit.describe(),
+                f"YAML config file {str(path)!r} does not exist",
+                accepted="the path of a readable YAML file (or leave it unset)",
+            )
+        ], []
+    # MARS_CONFIG_FILE: cads-mars-server carries on with its other sources when the file
+    # it names is missing, and so do retrievals; only `marsconn validate` refuses it.
+    return [], [
+        f"{explicit.describe()} names YAML config file {str(path)!r}, which does not exist; "
+        "it is ignored and the other sources and defaults apply (as cads-mars-server does); "
+        "`marsconn validate` reports this as an error"
+    ]
+
+
 def _read_yaml(
-    path: Path, explicit: Provenance | None
-) -> tuple[dict[str, tuple[Any, Provenance]], list[Problem]]:
+    path: Path, explicit: Provenance | None, strict: bool = False
+) -> tuple[dict[str, tuple[Any, Provenance]], list[Problem], list[str]]:
     pointed = explicit.describe() if explicit else "default YAML config"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        if explicit is None:
-            return {}, []
-        return {}, [
-            Problem(
-                pointed,
-                f"YAML config file {str(path)!r} does not exist",
-                accepted="the path of a readable YAML file (or leave it unset)",
-            )
-        ]
+        return {}, *_missing_yaml(path, explicit, strict)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        return {}, [
-            Problem(
-                pointed,
-                f"YAML config file {str(path)!r} cannot be read: {reason}",
-                accepted="a readable UTF-8 YAML file",
-            )
-        ]
+        problem = Problem(
+            pointed,
+            f"YAML config file {str(path)!r} cannot be read: {reason}",
+            accepted="a readable UTF-8 YAML file",
+        )
+        return {}, [problem], []
     # Imported here: most workers have no YAML file, and importing yaml costs ~10 ms.
     import yaml
 
@@ -538,24 +613,23 @@ def _read_yaml(
     try:
         loader = yaml.SafeLoader(text)  # checks every character up front
     except yaml.YAMLError as exc:
-        return {}, [_yaml_problem(path, exc)]
+        return {}, [_yaml_problem(path, exc)], []
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        return {}, [_yaml_problem(path, exc)]
+        return {}, [_yaml_problem(path, exc)], []
     finally:
         loader.dispose()
     if data is None:
-        return {}, []
+        return {}, [], []
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-        return {}, [
-            Problem(
-                str(path),
-                f"the YAML document is a {type(data).__name__}, not a mapping",
-                accepted="a YAML mapping of setting keys to values",
-            )
-        ]
+        problem = Problem(
+            str(path),
+            f"the YAML document is a {type(data).__name__}, not a mapping",
+            accepted="a YAML mapping of setting keys to values",
+        )
+        return {}, [problem], []
     lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
     out: dict[str, tuple[Any, Provenance]] = {}
     # Unknown keys are not errors: this file is shared with the server, which has its own keys.
@@ -563,7 +637,7 @@ def _read_yaml(
         if key in data and data[key] is not None:
             prov = Provenance(SourceKind.YAML, key, str(path), lines.get(key))
             out[keys.field] = (data[key], prov)
-    return out, []
+    return out, [], []
 
 
 def _override_values(
@@ -608,6 +682,7 @@ def _build_sources(
     config: Mapping[str, Any] | None,
     env_file: str | os.PathLike[str] | None,
     config_file: str | os.PathLike[str] | None = None,
+    strict: bool = False,
 ) -> tuple[_SourceSet, list[Problem]]:
     problems: list[Problem] = []
     warnings = _near_miss_warnings(sorted(env), "environment variable")
@@ -635,8 +710,9 @@ def _build_sources(
         yaml_prov = Provenance(SourceKind.DOTENV, CONFIG_FILE_VAR, str(env_path))
     else:
         yaml_path, yaml_prov = Path(DEFAULT_CONFIG_FILE), None
-    yaml_values, yaml_problems = _read_yaml(yaml_path, yaml_prov)
+    yaml_values, yaml_problems, yaml_warnings = _read_yaml(yaml_path, yaml_prov, strict)
     problems += yaml_problems
+    warnings += yaml_warnings
 
     sources = tuple(
         _ValuesSource(settings_cls, values)
@@ -708,6 +784,7 @@ def _load(
     env_file: str | os.PathLike[str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> tuple[LoadedSettings, list[Problem]]:
     """Load settings, returning every problem instead of raising.
 
@@ -722,6 +799,7 @@ def _load(
         config=config,
         env_file=env_file,
         config_file=config_file,
+        strict=strict,
     )
     merged: dict[str, Any] = {}
     provenance: dict[str, Provenance] = {}
@@ -761,17 +839,26 @@ def load_settings(
     env_file: str | os.PathLike[str] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> LoadedSettings:
     """Merge every source into validated :class:`MarsSettings`.
 
     ``config`` is the adaptor's per-dataset config; ``env`` replaces
     ``os.environ`` (which is then never read); ``env_file`` names a dotenv
     file; ``config_file`` replaces ``MARS_CONFIG_FILE``; ``overrides`` sets
-    fields by name. Raises :class:`~marsconn.errors.ConfigError` listing
-    every problem.
+    fields by name. A ``MARS_CONFIG_FILE`` naming a file that does not exist
+    is a warning (the other sources apply, as in cads-mars-server), or a
+    problem when ``strict`` is true; a missing ``config_file`` is always a
+    problem. Raises :class:`~marsconn.errors.ConfigError` listing every
+    problem.
     """
     loaded, problems = _load(
-        config, env=env, env_file=env_file, config_file=config_file, overrides=overrides
+        config,
+        env=env,
+        env_file=env_file,
+        config_file=config_file,
+        overrides=overrides,
+        strict=strict,
     )
     if problems:
         raise ConfigError(problems)

@@ -190,6 +190,53 @@ def test_validate_valid(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert len(out.splitlines()) == 1
 
 
+def test_missing_config_file_is_a_warning_for_plan_and_an_error_for_validate(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "cads-mars-server.yaml"
+    monkeypatch.setenv("MARS_CONFIG_FILE", str(missing))
+    code, out, _ = run(capsys, "plan", "--server", "http://a:9000")
+    assert code == 0
+    assert (
+        f"warning: environment variable MARS_CONFIG_FILE names YAML config file "
+        f"{str(missing)!r}, which does not exist; it is ignored"
+    ) in out
+    code, out, _ = run(capsys, "validate", "--server", "http://a:9000")
+    assert code == 1
+    assert out.splitlines() == [
+        f"error: environment variable MARS_CONFIG_FILE: YAML config file {str(missing)!r} "
+        "does not exist; accepted: the path of a readable YAML file (or leave it unset)"
+    ]
+    code, out, _ = run(capsys, "validate", "--json", "--server", "http://a:9000")
+    assert code == 1
+    assert json.loads(out)["problems"][0]["message"] == (
+        f"YAML config file {str(missing)!r} does not exist"
+    )
+    missing.write_text("max_retries: 3\n")
+    code, out, _ = run(capsys, "validate", "--server", "http://a:9000")
+    assert (code, out.startswith("valid: pipe mode")) == (0, True)
+
+
+def test_plan_explain_shows_yaml_values_and_sources(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text("retry_backoff: exponential\nshares_dir_mode: '0711'\n")
+    monkeypatch.setenv("MARS_CONFIG_FILE", str(config))
+    code, out, _ = run(capsys, "plan", "--explain", *WS, "--server", "http://a:9000")
+    assert code == 0
+    lines = out.splitlines()
+    assert f"sources: override, yaml:{config}" in lines
+    assert any(
+        line.startswith("failover: 10 passes; no sleep between servers; backoff") for line in lines
+    )
+    assert any(
+        line.split()[:3] == ["shares_dir_mode", "=", "0o711"]
+        and line.endswith(f"[{config}:2 (key 'shares_dir_mode')]")
+        for line in lines
+    )
+
+
 def test_validate_text_shows_warnings(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
         capsys, "validate", "--server", "http://a:9000", "--server", "http://a:9000"

@@ -653,6 +653,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
     }
     assert data["timeouts"]["job_deadline"] == 3600.0
     assert list(data) == [
+        "format",
         "mode",
         "requested_mode",
         "reason",
@@ -667,6 +668,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
         "timeouts",
         "logs",
         "ca_bundle",
+        "shares_dir_mode",
         "warnings",
         "settings",
         "sources",
@@ -737,12 +739,16 @@ def test_explain_names_every_value_and_its_source(tmp_path: Path) -> None:
         "server version: 0.3.1 (declared); required >= 0.3.0",
         "endpoints (1), tried in a random order per retrieval:",
         f"  1. ws://a:9001 <- http://a:9000   [{listed}:1 (server list)]",
-        "failover: 10 passes; no sleep between servers; backoff between passes 2s x2 "
-        "(cap 60s, jitter 50%); dead servers tried last for 30s",
+        "failover: 10 passes; no sleep between servers; 2s between passes (fixed); "
+        "dead servers tried last for 30s",
     ]
-    assert lines[6] == (
-        "timeouts: connect 10s, acknowledge 30s, liveness 60s (3 x 20s heartbeat), no job deadline"
-    )
+    assert lines[6:9] == [
+        "timeouts: connect 10s, acknowledge 30s, liveness 60s (3 x 20s heartbeat), "
+        "no job deadline",
+        "shares: the server writes into a private directory per attempt beside the target, "
+        "mode 0o733",
+        f"sources: env, list_file:{listed}",
+    ]
     assert "  use_shares              = True         [environment variable MARS_USE_SHARES]" in (
         lines
     )
@@ -798,6 +804,8 @@ def test_fingerprint_covers_behaviour_not_provenance(tmp_path: Path) -> None:
         (ONE, {"MARS_CA_BUNDLE": "/etc/ssl/x.pem"}),
         (ONE, {"MARS_CLIENT_FILTER_LOGS": "false"}),
         (ONE, {"MARS_USE_SHARES": "true", "MARS_FORCE_WEBSOCKET_MODE": "true"}),
+        (ONE, {"MARS_RETRY_BACKOFF": "exponential"}),
+        (ONE, {"MARS_SHARES_DIR_MODE": "0700"}),
     ],
 )
 def test_fingerprint_changes_with_behaviour(config: dict[str, Any], env: dict[str, str]) -> None:
@@ -818,14 +826,53 @@ def endpoints(*urls: str) -> list[Endpoint]:
 
 
 def test_backoff_doubles_with_jitter_and_cap() -> None:
-    policy = FailoverPolicy(backoff_initial=2.0, backoff_max=60.0, jitter=0.0)
+    policy = FailoverPolicy(
+        backoff_initial=2.0, backoff_max=60.0, jitter=0.0, backoff_mode="exponential"
+    )
     assert [policy.backoff(i) for i in range(7)] == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
-    jittered = FailoverPolicy(backoff_initial=2.0, backoff_max=60.0, jitter=0.5)
+    jittered = FailoverPolicy(
+        backoff_initial=2.0, backoff_max=60.0, jitter=0.5, backoff_mode="exponential"
+    )
     values = [jittered.backoff(1, random.Random(seed)) for seed in range(50)]
     assert all(4.0 <= v <= 6.0 for v in values)
     assert len(set(values)) > 1
     assert jittered.backoff(10, random.Random(1)) == 60.0
-    assert FailoverPolicy(backoff_initial=0.0).backoff(3) == 0.0
+    assert FailoverPolicy(backoff_initial=0.0, backoff_mode="exponential").backoff(3) == 0.0
+
+
+def test_default_backoff_is_fixed_retry_delay_without_jitter() -> None:
+    plan = resolve(ONE)
+    assert plan.policy.backoff_mode == "fixed"
+    # Whatever the pass and the random state: retry_delay, as cads-mars-server's client.
+    assert {plan.policy.backoff(i, random.Random(i)) for i in range(10)} == {2.0}
+    # The executor sleeps after every pass but the last, never between servers of a pass:
+    # every server refusing ends after 9 x 2 s with the defaults.
+    between_passes = [plan.policy.backoff(i) for i in range(plan.policy.max_passes - 1)]
+    assert sum(between_passes) == 18.0
+
+
+def test_max_retries_and_retry_delay_keep_their_meaning() -> None:
+    plan = resolve(ONE, env={"MARS_MAX_RETRIES": "3", "MARS_RETRY_DELAY": "1"})
+    assert plan.policy.max_passes == 3
+    assert [plan.policy.backoff(i) for i in range(2)] == [1.0, 1.0]
+    fractional = resolve(ONE, env={"MARS_RETRY_DELAY": "0.25", "MARS_RETRY_BACKOFF_MAX": "0.1"})
+    # The cap belongs to exponential backoff only.
+    assert fractional.policy.backoff(5) == 0.25
+
+
+def test_exponential_backoff_is_opt_in(tmp_path: Path) -> None:
+    yaml_file = write(tmp_path / "c.yaml", "retry_backoff: exponential\nretry_delay: 1\n")
+    plan = resolve(ONE, config_file=yaml_file)
+    assert plan.policy.backoff_mode == "exponential"
+    assert all(2**i <= plan.policy.backoff(i, random.Random(9)) <= 1.5 * 2**i for i in range(5))
+    assert plan.policy.backoff(10) == 60.0
+    assert (
+        "failover: 10 passes; no sleep between servers; backoff between passes 1s x2 "
+        "(cap 60s, jitter 50%); dead servers tried last for 30s"
+    ) in plan.explain().splitlines()
+    assert settings_of(plan)["retry_backoff"][1] == Provenance(
+        SourceKind.YAML, "retry_backoff", str(yaml_file), 1
+    )
 
 
 def test_ordering_per_policy() -> None:
@@ -912,6 +959,80 @@ def test_importing_decides_nothing() -> None:
     assert resolve(ONE).mode is Mode.PIPE
 
 
+# --- the shares directory mode ---------------------------------------------------------------
+
+
+def test_shares_dir_mode_is_carried_by_the_plan(tmp_path: Path) -> None:
+    assert resolve(ONE).shares_dir_mode == 0o733
+    yaml_file = write(tmp_path / "c.yaml", "shares_dir_mode: 0700\n")
+    plan = resolve(ONE, env={**SHARES, "MARS_FORCE_WEBSOCKET_MODE": "1"}, config_file=yaml_file)
+    assert plan.shares_dir_mode == 0o700
+    assert plan.to_dict()["shares_dir_mode"] == 0o700
+    assert plan.effective()["shares_dir_mode"] == 0o700
+    lines = plan.explain().splitlines()
+    assert (
+        "shares: the server writes into a private directory per attempt beside the target, "
+        "mode 0o700"
+    ) in lines
+    assert any(
+        line.split()[:3] == ["shares_dir_mode", "=", "0o700"]
+        and line.endswith(f"[{yaml_file}:1 (key 'shares_dir_mode')]")
+        for line in lines
+    )
+    # Pipe mode makes no such directory, so the explanation does not mention one.
+    assert not any(line.startswith("shares:") for line in resolve(ONE).explain().splitlines())
+
+
+# --- a missing MARS_CONFIG_FILE --------------------------------------------------------------
+
+
+def test_missing_config_file_is_a_plan_warning_and_in_the_audit_event(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.yaml"
+    log = Quiet()
+    plan = resolve(ONE, env={"MARS_CONFIG_FILE": str(missing)}, logger=log)
+    warning = (
+        f"environment variable MARS_CONFIG_FILE names YAML config file {str(missing)!r}, which "
+        "does not exist; it is ignored and the other sources and defaults apply (as "
+        "cads-mars-server does); `marsconn validate` reports this as an error"
+    )
+    assert plan.warnings == (warning,)
+    assert plan.fingerprint == resolve(ONE).fingerprint  # the defaults apply
+    assert f"warning: {warning}" in plan.explain().splitlines()
+    [(level, event, fields)] = log.events
+    assert (level, event, fields["warnings"]) == ("info", "marsconn.plan.resolved", [warning])
+
+
+def test_missing_config_file_is_a_problem_when_strict(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.yaml"
+    log = Quiet()
+    assert problems(ONE, env={"MARS_CONFIG_FILE": str(missing)}, strict=True, logger=log) == [
+        f"environment variable MARS_CONFIG_FILE: YAML config file {str(missing)!r} does not "
+        "exist; accepted: the path of a readable YAML file (or leave it unset)"
+    ]
+    assert log.events == []
+
+
+def test_explain_shows_values_from_the_yaml_file(tmp_path: Path) -> None:
+    yaml_file = write(tmp_path / "c.yaml", "# site\nuse_shares: true\nshares_port: 9101\n")
+    plan = resolve(
+        {"mars_servers": ["http://a:9000"]},
+        env={"MARS_CONFIG_FILE": str(yaml_file)},
+        server_version="0.3.0",
+    )
+    lines = plan.explain().splitlines()
+    assert f"sources: adaptor, yaml:{yaml_file}" in lines
+    assert "  1. ws://a:9101 <- http://a:9000   [adaptor config key 'mars_servers[0]']" in lines
+    shown = {line.split()[0]: line for line in lines if line.startswith("  ") and " = " in line}
+    assert shown["use_shares"].endswith(f"[{yaml_file}:2 (key 'use_shares')]")
+    assert shown["shares_port"].endswith(f"[{yaml_file}:3 (key 'shares_port')]")
+    assert shown["pipe_port"].endswith("[default]")
+    # Every setting is listed with its source.
+    assert set(shown) == {name for name, _, _ in plan.settings}
+    listed = write(tmp_path / "default.list", "http://a:9000\n")
+    from_list = resolve(default_list_files=(str(listed),))
+    assert f"sources: list_file:{listed}" in from_list.explain().splitlines()
+
+
 # --- audit events ---------------------------------------------------------------------------
 
 
@@ -935,6 +1056,7 @@ def test_plan_resolved_event(tmp_path: Path) -> None:
             "endpoint_count": 2,
             "fingerprint": plan.fingerprint,
             "sources": ["env", f"list_file:{listed}"],
+            "warnings": [],
         }
     ]
 

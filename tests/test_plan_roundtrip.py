@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,3 +76,64 @@ def test_handed_to_another_process() -> None:
         check=True,
     ).stdout.split()
     assert out == [plan.fingerprint, "websocket", "3"]
+
+
+def test_new_fields_round_trip() -> None:
+    plan = _plan(retry_backoff="exponential", shares_dir_mode="0o711", servers=["mars-1"])
+    data = json.loads(plan.to_json())
+    assert data["format"] == 2
+    assert data["policy"]["backoff_mode"] == "exponential"
+    assert data["shares_dir_mode"] == 0o711
+    again = ConnectionPlan.from_dict(data)
+    assert again == plan
+    assert (again.policy.backoff_mode, again.shares_dir_mode) == ("exponential", 0o711)
+
+
+def test_tampered_new_fields_are_refused() -> None:
+    for path, value in ((("policy", "backoff_mode"), "exponential"), (("shares_dir_mode",), 511)):
+        data = json.loads(_plan(servers=["mars-1"]).to_json())
+        holder = data
+        for key in path[:-1]:
+            holder = holder[key]
+        holder[path[-1]] = value
+        with pytest.raises(ValueError, match="fingerprint mismatch"):
+            ConnectionPlan.from_dict(data)
+
+
+FORMAT1 = Path(__file__).parent / "data" / "plan-format1.json"
+
+
+def test_a_format_1_plan_is_still_read_with_its_behaviour() -> None:
+    # Written by marsconn before plan format 2, when the backoff was always exponential.
+    data = json.loads(FORMAT1.read_text())
+    assert "format" not in data
+    assert "backoff_mode" not in data["policy"]
+    plan = ConnectionPlan.from_dict(data)
+    assert plan.policy.backoff_mode == "exponential"
+    assert plan.policy.max_passes == 4
+    assert plan.policy.backoff_initial == 0.5
+    assert plan.shares_dir_mode == 0o733
+    assert plan.urls == ["ws://mars-1:9001", "ws://mars-2:9001"]
+    # The same behaviour resolved today has the same (format-2) fingerprint.
+    today = _plan(
+        servers=["http://mars-1:9000", "mars-2"],
+        max_retries=4,
+        retry_delay=0.5,
+        retry_backoff="exponential",
+    )
+    assert plan.fingerprint == today.fingerprint != data["fingerprint"]
+    assert ConnectionPlan.from_json(plan.to_json()) == plan
+
+
+def test_a_tampered_format_1_plan_is_refused() -> None:
+    data = json.loads(FORMAT1.read_text())
+    data["policy"]["max_passes"] = 9
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        ConnectionPlan.from_dict(data)
+
+
+def test_an_unknown_format_is_refused() -> None:
+    data = json.loads(_plan(servers=["mars-1"]).to_json())
+    data["format"] = 3
+    with pytest.raises(ValueError, match="format 3 is not 1 or 2"):
+        ConnectionPlan.from_dict(data)

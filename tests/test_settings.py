@@ -273,6 +273,80 @@ def test_unknown_override_without_a_near_name() -> None:
     ]
 
 
+def test_retry_backoff_is_fixed_unless_exponential_is_asked_for() -> None:
+    assert load().settings.retry_backoff == "fixed"
+    loaded = load(env={"MARS_RETRY_BACKOFF": " Exponential "})
+    assert loaded.settings.retry_backoff == "exponential"
+    assert loaded.where("retry_backoff") == "environment variable MARS_RETRY_BACKOFF"
+    assert problems_of(env={"MARS_RETRY_BACKOFF": "linear"}) == [
+        "environment variable MARS_RETRY_BACKOFF: input should be 'fixed' or 'exponential' "
+        "(got 'linear'); accepted: fixed or exponential"
+    ]
+
+
+DIR_MODE = (
+    "an octal permission mode such as 0733, 0o733 or '733' (quoted in YAML) that gives the "
+    "owner rwx (0o700) and sets nothing beyond 0o777"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [("0733", 0o733), ("0o733", 0o733), ("733", 0o733), (" 0O755 ", 0o755), ("700", 0o700)],
+)
+def test_shares_dir_mode_spellings(text: str, mode: int) -> None:
+    assert load(env={"MARS_SHARES_DIR_MODE": text}).settings.shares_dir_mode == mode
+
+
+def test_shares_dir_mode_default_and_keyword_override() -> None:
+    assert load().settings.shares_dir_mode == 0o733
+    assert load(overrides={"shares_dir_mode": 0o770}).settings.shares_dir_mode == 0o770
+    assert load(overrides={"shares_dir_mode": "0o711"}).settings.shares_dir_mode == 0o711
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("abc", "not an octal permission mode"),
+        ("0o798", "not an octal permission mode"),
+        ("-733", "not an octal permission mode"),
+        ("0o633", "0o633 does not give the owner rwx"),
+        ("0o500", "0o500 does not give the owner rwx"),
+        ("1733", "0o1733 sets bits beyond 0o777"),
+        ("4755", "0o4755 sets bits beyond 0o777"),
+    ],
+)
+def test_shares_dir_mode_refused(text: str, message: str) -> None:
+    (problem,) = problems_of(env={"MARS_SHARES_DIR_MODE": text})
+    assert problem.startswith(f"environment variable MARS_SHARES_DIR_MODE: {message}")
+    assert problem.endswith(f"(got {text!r}); accepted: {DIR_MODE}")
+
+
+def test_shares_dir_mode_refuses_a_boolean_and_negative_numbers() -> None:
+    assert problems_of(overrides={"shares_dir_mode": True}) == [
+        f"keyword override 'shares_dir_mode': not a permission mode (got 'True'); "
+        f"accepted: {DIR_MODE}"
+    ]
+    (problem,) = problems_of(overrides={"shares_dir_mode": -1})
+    assert problem.startswith("keyword override 'shares_dir_mode': -0o1 sets bits beyond 0o777")
+
+
+def test_shares_dir_mode_from_yaml(tmp_path: Path) -> None:
+    # YAML 1.1 reads an unquoted leading 0 as octal; a quoted string is octal text.
+    octal = write(tmp_path / "a.yaml", "shares_dir_mode: 0733\n")
+    assert load(config_file=octal).settings.shares_dir_mode == 0o733
+    quoted = write(tmp_path / "b.yaml", "shares_dir_mode: '711'\n")
+    loaded = load(config_file=quoted)
+    assert loaded.settings.shares_dir_mode == 0o711
+    assert loaded.where("shares_dir_mode") == f"{quoted}:1 (key 'shares_dir_mode')"
+    # An unquoted 733 is the decimal number 733: refused, saying how to write it.
+    decimal = write(tmp_path / "c.yaml", "\nshares_dir_mode: 733\n")
+    assert problems_of(config_file=decimal) == [
+        f"{decimal}:2 (key 'shares_dir_mode'): 733 is more than 0o777; in YAML write the "
+        f"mode as 0733 or quote it (got '733'); accepted: {DIR_MODE}"
+    ]
+
+
 # --- sources and precedence -----------------------------------------------------------------
 
 
@@ -474,12 +548,56 @@ def test_yaml_bad_values_each_name_their_line(tmp_path: Path) -> None:
     ]
 
 
-def test_explicit_yaml_file_must_exist(tmp_path: Path) -> None:
+MISSING_HINT = (
+    "which does not exist; it is ignored and the other sources and defaults apply (as "
+    "cads-mars-server does); `marsconn validate` reports this as an error"
+)
+
+
+def test_missing_config_file_named_by_the_environment_is_a_warning(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    assert problems_of(env={"MARS_CONFIG_FILE": str(missing)}) == [
+    loaded = load(env={"MARS_CONFIG_FILE": str(missing), "MARS_PIPE_PORT": "9100"})
+    assert loaded.warnings == (
+        f"environment variable MARS_CONFIG_FILE names YAML config file {str(missing)!r}, "
+        + MISSING_HINT,
+    )
+    # Everything else still applies, the rest from defaults.
+    assert loaded.settings.pipe_port == 9100
+    assert loaded.settings.shares_port == 9001
+    assert loaded.config_file == missing
+    assert loaded.config_file_provenance == Provenance(SourceKind.ENV, "MARS_CONFIG_FILE")
+
+
+def test_missing_config_file_named_by_a_dotenv_file_is_a_warning(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    dotenv = write(tmp_path / "d.env", f"MARS_CONFIG_FILE={missing}\n")
+    loaded = load(env_file=dotenv)
+    assert loaded.warnings == (
+        f"{dotenv} (MARS_CONFIG_FILE) names YAML config file {str(missing)!r}, " + MISSING_HINT,
+    )
+    assert loaded.settings == MarsSettings.model_construct()
+
+
+def test_missing_config_file_is_an_error_when_strict(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert problems_of(env={"MARS_CONFIG_FILE": str(missing)}, strict=True) == [
         f"environment variable MARS_CONFIG_FILE: YAML config file {str(missing)!r} does not "
         "exist; accepted: the path of a readable YAML file (or leave it unset)"
     ]
+
+
+def test_missing_config_file_passed_as_argument_is_always_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert problems_of(config_file=missing) == [
+        f"keyword override 'config_file': YAML config file {str(missing)!r} does not "
+        "exist; accepted: the path of a readable YAML file (or leave it unset)"
+    ]
+
+
+def test_absent_default_yaml_is_silent_even_when_strict() -> None:
+    loaded = load(strict=True)
+    assert loaded.warnings == ()
+    assert loaded.settings == MarsSettings.model_construct()
 
 
 def test_unreadable_yaml_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -583,17 +701,26 @@ def test_plain_model_reads_environment_and_yaml(
     assert (s.pipe_port, s.shares_port, s.max_retries) == (9100, 9201, 2)
 
 
-def test_plain_model_reports_source_problems(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MARS_CONFIG_FILE", "/nonexistent/marsconn.yaml")
+def test_plain_model_reports_source_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MARS_CONFIG_FILE", str(tmp_path))
     with pytest.raises(ConfigError) as info:
         MarsSettings()
     assert info.value.problems == (
         Problem(
             "environment variable MARS_CONFIG_FILE",
-            "YAML config file '/nonexistent/marsconn.yaml' does not exist",
-            accepted="the path of a readable YAML file (or leave it unset)",
+            f"YAML config file {str(tmp_path)!r} cannot be read: Is a directory",
+            accepted="a readable UTF-8 YAML file",
         ),
     )
+
+
+def test_plain_model_ignores_a_missing_named_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARS_CONFIG_FILE", "/nonexistent/marsconn.yaml")
+    monkeypatch.setenv("MARS_PIPE_PORT", "9100")
+    s = MarsSettings()
+    assert (s.pipe_port, s.shares_port) == (9100, 9001)
 
 
 def test_settings_are_frozen() -> None:
@@ -624,7 +751,9 @@ def _code(text: str | None) -> str:
     return f"`{text}`" if text else "-"
 
 
-def _doc_default(value: Any) -> str:
+def _doc_default(value: Any, name: str = "") -> str:
+    if name == "shares_dir_mode":
+        return f"`{value:#o}`"
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -643,7 +772,7 @@ def test_docs_list_every_setting_exactly() -> None:
         assert env == _code(keys.env), name
         assert yaml_key == _code(keys.yaml_key), name
         assert adaptor == _code(keys.adaptor), name
-        assert default == _doc_default(field.default), name
+        assert default == _doc_default(field.default, name), name
         assert f"Accepted: {keys.accepted}." in meaning, name
         assert str(field.description) in meaning, name
 
