@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
 
 __all__ = [
     "ConfigError",
+    "ErrorKind",
     "JobKilledError",
     "LogHandlerError",
     "MarsRequestError",
     "MarsconnError",
+    "NoDataError",
     "NoServerAvailableError",
     "PreflightError",
     "Problem",
@@ -23,8 +27,28 @@ __all__ = [
 ]
 
 
+class ErrorKind(StrEnum):
+    """Which of three kinds a failed retrieval is, for code that maps errors onto its own.
+
+    The cads-adaptors MARS adaptor raises one exception per kind:
+    ``RUNTIME`` -> ``MarsRuntimeError``, ``NO_DATA`` -> ``MarsNoDataError``,
+    ``SYSTEM`` -> ``MarsSystemError``. Every :class:`MarsconnError` subclass
+    has a ``kind``; :attr:`marsconn.Result.error_kind` gives the kind of a
+    retrieval's error.
+    """
+
+    #: MARS rejected the request, a transfer broke, or the job was killed or aborted.
+    RUNTIME = "runtime"
+    #: MARS succeeded but produced no data.
+    NO_DATA = "no_data"
+    #: The configuration, the inputs, the local target, or no server could run the job.
+    SYSTEM = "system"
+
+
 class MarsconnError(Exception):
-    """Base class of every marsconn error."""
+    """Base class of every marsconn error; ``kind`` says which :class:`ErrorKind` it is."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +78,8 @@ class Problem:
 class ConfigError(MarsconnError, ValueError):
     """The configuration is invalid; ``problems`` lists every problem found."""
 
+    kind: ClassVar[ErrorKind] = ErrorKind.SYSTEM
+
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         count = len(self.problems)
@@ -64,6 +90,8 @@ class ConfigError(MarsconnError, ValueError):
 class PreflightError(MarsconnError, ValueError):
     """A retrieval was refused before any connection: its inputs are unusable."""
 
+    kind: ClassVar[ErrorKind] = ErrorKind.SYSTEM
+
 
 class MarsRequestError(MarsconnError):
     """MARS itself rejected the request (non-zero exit); no other server is tried.
@@ -72,27 +100,49 @@ class MarsRequestError(MarsconnError):
     rejection without one).
     """
 
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
+
     def __init__(self, message: str, *, returncode: int | None = None, server: str = "") -> None:
         super().__init__(message)
         self.returncode = returncode
         self.server = server
 
 
+class NoDataError(MarsconnError):
+    """MARS ran the request to the end but produced no data.
+
+    Final: another server would run the same request to the same result.
+    Its ``error_class`` is ``no_data``.
+    """
+
+    kind: ClassVar[ErrorKind] = ErrorKind.NO_DATA
+
+
 class JobKilledError(MarsconnError):
     """The job was killed (by the server, by a log handler or by cancellation)."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
 
 
 class NoServerAvailableError(MarsconnError):
     """Every server was tried on every pass and none ran the job to completion."""
 
+    kind: ClassVar[ErrorKind] = ErrorKind.SYSTEM
+
 
 class TargetError(MarsconnError):
-    """The job finished but its output file is missing or empty."""
+    """The output file cannot be written or replaced, or is not where the job left it."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.SYSTEM
 
 
 class TransferError(MarsconnError):
     """The data transfer from a pipe server broke or was malformed."""
 
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
+
 
 class LogHandlerError(MarsconnError):
     """The caller's log handler raised; the job was killed."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import random
+import re
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +41,10 @@ __all__ = [
     "execute_async",
 ]
 
-#: Keys the servers require in ``environ``.
+#: Keys the servers require in ``environ`` (present; their values may be None).
 REQUIRED_ENVIRON = ("request_id", "user_id", "namespace", "host", "username")
+#: A request id the pipe server accepts as a log name (its ``validate_uuid``).
+_REQUEST_ID = re.compile(r"[a-f0-9-]{36}")
 
 
 class Job:
@@ -48,6 +53,15 @@ class Job:
     ``kill()`` asks the server to stop the job; the transport sends the kill
     as soon as the handler returns, and the retrieval ends with a
     :class:`~marsconn.errors.JobKilledError`.
+
+    Handlers written for cads-mars-server's ``(line, ws, logger)`` signature
+    get this object where they got the WebSocket. What such handlers do
+    with it works: ``await job.send(json.dumps({"cmd": "kill"}))`` is the
+    same as ``job.kill()`` (in both modes); any other message is refused
+    with a ``ValueError``, which, raised inside the handler, aborts the job
+    like any exception a handler raises. ``request_id``, ``server`` (the
+    server running the job, credentials redacted) and ``job_id`` (the
+    server's id for it, once known) are for the handler to read.
     """
 
     def __init__(self, request_id: str) -> None:
@@ -59,6 +73,27 @@ class Job:
     def kill(self) -> None:
         """Ask the server to stop this job."""
         self.kill_requested = True
+
+    async def send(self, message: str | bytes) -> None:
+        """Take a command as cads-mars-server's WebSocket did; only ``{"cmd": "kill"}`` exists.
+
+        Raises ValueError for anything else: the servers understand no other
+        command from a running job's client.
+        """
+        try:
+            payload = json.loads(message)
+        except (TypeError, ValueError):
+            payload = None
+        if isinstance(payload, dict) and payload == {"cmd": "kill"}:
+            self.kill()
+            return
+        shown = repr(message)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        raise ValueError(
+            f"Job.send() got {shown}; the only command a running job takes is the kill, "
+            'as JSON text: {"cmd": "kill"} (or call job.kill())'
+        )
 
     def __repr__(self) -> str:
         return f"Job(request_id={self.request_id!r}, server={self.server!r}, id={self.job_id!r})"
@@ -123,21 +158,54 @@ def _normalise(
         raise PreflightError(
             f"requests is a {type(requests).__name__}; give a request dict or a list of them"
         )
-    missing = [k for k in REQUIRED_ENVIRON if not environ.get(k)]
+    if not isinstance(environ, Mapping):
+        raise PreflightError(
+            f"environ is a {type(environ).__name__}; give a dict with the keys "
+            f"{', '.join(REQUIRED_ENVIRON)}"
+        )
+    missing = [k for k in REQUIRED_ENVIRON if k not in environ]
     if missing:
         raise PreflightError(
-            f"environ lacks {', '.join(missing)}; the servers need all of "
-            f"{', '.join(REQUIRED_ENVIRON)} (username is usually namespace:<last part of user_id>)"
+            f"environ lacks {', '.join(missing)}; the servers need the keys "
+            f"{', '.join(REQUIRED_ENVIRON)} to be present (a value may be None; username is "
+            "usually namespace:<last part of user_id>)"
         )
-    path = Path(target)
-    if not path.is_absolute():
-        raise PreflightError(f"target {str(path)!r} is not an absolute path")
+    env = dict(environ)
+    request_id = env["request_id"]
+    if request_id is None:
+        env["request_id"] = str(uuid.uuid4())
+    elif not isinstance(request_id, str) or _REQUEST_ID.fullmatch(request_id) is None:
+        raise PreflightError(
+            f"environ['request_id'] is {request_id!r}: not a UUID in the servers' form; the pipe "
+            "server names MARS's log file after it and serves and deletes that log only for "
+            "such ids, the WebSocket server names its request file after it. Accepted: 36 "
+            "characters of lower-case hex digits and '-', as str(uuid.uuid4()) gives, or None "
+            "(marsconn then generates one)"
+        )
+    return reqs, env, _target_path(target)
+
+
+def _target_path(target: str | os.PathLike[str]) -> Path:
+    """The absolute output path (a relative one is resolved against the working directory)."""
+    try:
+        path = Path(target)
+    except TypeError:
+        raise PreflightError(
+            f"target is a {type(target).__name__}; give the output file's path "
+            "(a str or a path-like object)"
+        ) from None
+    path = path.absolute()
+    if path.is_dir():
+        raise PreflightError(
+            f"target {str(path)!r} is an existing directory; give the path of the output "
+            "file, whose directory exists"
+        )
     if not path.parent.is_dir():
         raise PreflightError(
             f"target directory {str(path.parent)!r} does not exist; create it first "
             "(in WebSocket mode it must also exist on the servers' shared filesystem)"
         )
-    return reqs, dict(environ), path
+    return path
 
 
 @dataclass(slots=True)
@@ -292,8 +360,13 @@ async def execute_async(
     """Run a retrieval through ``plan`` and return its :class:`Result`.
 
     ``requests`` is a MARS request dict or a list of them; ``environ`` must
-    hold ``request_id``, ``user_id``, ``namespace``, ``host`` and
-    ``username``; ``target`` is the absolute path of the output file.
+    hold the keys ``request_id``, ``user_id``, ``namespace``, ``host`` and
+    ``username`` (values may be None, as the servers accept); a
+    ``request_id`` must be a lower-case UUID string (the servers name files
+    after it) or None, and then a uuid4 is generated, sent, and reported in
+    ``Result.request_id``. ``target`` is the output file's path; a relative
+    one is resolved against the current working directory, and
+    ``Result.target`` gives the absolute path.
     ``log_handler(line, job, logger)`` (sync or async) returns the line to
     show or None, may call ``job.kill()``, and aborts the job by raising.
     ``logger`` receives shown lines (stdlib, structlog or adaptor context).
@@ -379,6 +452,7 @@ async def _execute(
         bytes=outcome.bytes if outcome is not None and error is None else 0,
         duration=time.perf_counter() - started,
         dropped_log_lines=sink.dropped,
+        request_id=job.request_id,
     )
     audit.emit(
         audit.JobFinished(

@@ -1,8 +1,9 @@
 """MARS log lines: filtering, folding, bounded keeping and the caller's handler.
 
-MARS can print millions of lines for one job. Only a bounded tail of shown
-lines is kept for ``Result.message`` (plus error lines, which are always
-kept, up to a hard cap), so memory does not grow with the log.
+MARS can print millions of lines for one job. ``Result.message`` keeps the
+raw lines, whatever the filter shows: the first and the last ones up to the
+plan's ``keep_lines``, plus the error lines in between (up to a hard cap),
+so memory does not grow with the log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ERROR_CAP", "LineLogger", "LogHandler", "LogSink", "classify_line"]
 
-#: Error lines kept at most, whatever the log's size.
+#: Error lines kept at most from the dropped middle of a long log.
 ERROR_CAP = 10_000
 
 # Checked in this order: a line that mentions an error anywhere is an error,
@@ -80,7 +81,16 @@ LogHandler = Callable[[str, Any, Any], "str | Awaitable[str | None] | None"]
 
 
 class LogSink:
-    """Receives a job's raw log lines; keeps, shows and folds them."""
+    """Receives a job's raw log lines: keeps them for ``Result.message`` and shows them.
+
+    Keeping and showing are separate. Every raw line is kept (``text``),
+    whatever the filter or the handler decide: at most ``keep_lines`` of
+    them, the first half and the last half of the log; when the log is
+    longer, the lines in between are dropped, except error lines (up to
+    :data:`ERROR_CAP`), and one line in ``text`` says how many were dropped
+    (also counted in ``dropped``). Showing (to the handler and the logger)
+    applies the filter and folds repeated lines.
+    """
 
     def __init__(
         self,
@@ -93,34 +103,33 @@ class LogSink:
         self._handler = handler
         self._logger = logger
         self.job = job
-        self._kept: deque[tuple[int, str]] = deque(maxlen=policy.keep_lines or None)
-        self._keep_any = policy.keep_lines > 0
-        self._errors: list[tuple[int, str]] = []
-        self._seq = 0
+        self._limit = max(0, policy.keep_lines)
+        self._head_cap = self._limit // 2
+        self._tail_cap = self._limit - self._head_cap
+        self._head: list[str] = []
+        self._tail: deque[tuple[str, bool]] = deque()
+        self._middle_errors: list[str] = []
         self._last: str | None = None
         self._repeats = 0
         self.lines_seen = 0
         self.dropped = 0
 
-    def _keep(self, line: str, level: str) -> None:
-        self._seq += 1
-        if level == "error":
-            if len(self._errors) < ERROR_CAP:
-                self._errors.append((self._seq, line))
+    def _keep(self, line: str, error: bool) -> None:
+        if len(self._head) < self._head_cap:
+            self._head.append(line)
+            return
+        tail = self._tail
+        tail.append((line, error))
+        if len(tail) > self._tail_cap:
+            old, old_error = tail.popleft()
+            if old_error and len(self._middle_errors) < ERROR_CAP:
+                self._middle_errors.append(old)
             else:
                 self.dropped += 1
-            return
-        if not self._keep_any:
-            self.dropped += 1
-            return
-        if len(self._kept) == self._kept.maxlen:
-            self.dropped += 1
-        self._kept.append((self._seq, line))
 
     def _show(self, line: str, level: str) -> None:
         if self._logger is not None:
             getattr(self._logger, level)(line)
-        self._keep(line, level)
 
     def _flush_repeats(self) -> None:
         if self._repeats:
@@ -132,6 +141,7 @@ class LogSink:
         self.lines_seen += 1
         line = raw.rstrip("\r\n")
         level = classify_line(line)
+        self._keep(line, level == "error")
         if self._handler is not None:
             try:
                 shown = self._handler(line, self.job, self._logger)
@@ -140,9 +150,6 @@ class LogSink:
             except Exception as exc:
                 raise LogHandlerError(f"log handler raised {type(exc).__name__}: {exc}") from exc
             if shown is None:
-                if level == "error":
-                    self._flush_repeats()
-                    self._keep(line, "error")
                 return
             line = str(shown)
             level = classify_line(line) or "info"
@@ -159,11 +166,22 @@ class LogSink:
         self._show(line, level)
 
     def close(self) -> None:
-        """Flush a pending 'repeated N times' note."""
+        """Show a pending 'repeated N times' note."""
         self._flush_repeats()
 
     @property
     def text(self) -> str:
-        """The kept lines in arrival order."""
-        merged = sorted([*self._kept, *self._errors])
-        return "\n".join(line for _, line in merged)
+        """The kept raw lines in arrival order, with a note where lines were dropped."""
+        lines = list(self._head)
+        if self.dropped:
+            count, errors = self.dropped, len(self._middle_errors)
+            note = (
+                f"[marsconn: {count} log line{'s' * (count != 1)} dropped here "
+                f"(more than log_keep_lines={self._limit} lines)"
+            )
+            if errors:
+                note += f"; the {errors} error line{'s' * (errors != 1)} of that part follow"
+            lines.append(note + "]")
+        lines.extend(self._middle_errors)
+        lines.extend(line for line, _ in self._tail)
+        return "\n".join(lines)

@@ -30,10 +30,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import unquote
 
-from .errors import JobKilledError, MarsconnError, MarsRequestError, TransferError
+from .errors import ErrorKind, JobKilledError, MarsconnError, MarsRequestError, TransferError
 from .result import Action
 
 __all__ = [
@@ -583,6 +583,8 @@ class PipeStatusError(MarsconnError):
 
     ``status`` is the HTTP status code.
     """
+
+    kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
 
     def __init__(self, message: str, *, status: int, server: str = "") -> None:
         super().__init__(message)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .errors import ErrorKind, MarsconnError
+
 __all__ = ["Action", "Attempt", "Outcome", "Result"]
 
 
@@ -89,9 +91,14 @@ class Result:
 
     ``error`` is None on success, else the exception describing the failure
     (the same object adaptor code already inspects); ``message`` is the kept
-    log text. ``server`` ran the job (None if none did); ``attempts`` lists
-    every try; ``bytes`` is the size of the target file; ``duration`` is the
-    wall time of the whole call, in seconds.
+    log text: every raw MARS line (and marsconn's own notes), bounded by the
+    plan's ``keep_lines``; over the bound, lines are dropped from the middle
+    and one line says how many, and ``dropped_log_lines`` counts them.
+    ``target`` is the absolute path of the output file; ``server`` ran the
+    job (None if none did); ``attempts`` lists every try; ``bytes`` is the
+    size of the target file; ``duration`` is the wall time of the whole
+    call, in seconds; ``request_id`` is the id the servers saw (generated
+    when the caller's ``environ`` gave None).
     """
 
     error: BaseException | None
@@ -103,11 +110,25 @@ class Result:
     bytes: int = 0
     duration: float = 0.0
     dropped_log_lines: int = 0
+    request_id: str | None = None
 
     @property
     def ok(self) -> bool:
         """True when the retrieval succeeded."""
         return self.error is None
+
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        """The :class:`~marsconn.errors.ErrorKind` of the failure; None on success.
+
+        A marsconn error gives its class's ``kind``; any other exception
+        counts as :attr:`~marsconn.errors.ErrorKind.RUNTIME`.
+        """
+        if self.error is None:
+            return None
+        if isinstance(self.error, MarsconnError):
+            return self.error.kind
+        return ErrorKind.RUNTIME
 
     @property
     def error_class(self) -> str | None:
@@ -126,6 +147,7 @@ class Result:
             "error": None if self.error is None else str(self.error),
             "error_type": None if self.error is None else type(self.error).__name__,
             "error_class": self.error_class,
+            "error_kind": None if self.error is None else str(self.error_kind),
             "mode": self.mode,
             "target": self.target,
             "server": self.server,
@@ -134,4 +156,5 @@ class Result:
             "attempts": [a.to_dict() for a in self.attempts],
             "message": self.message,
             "dropped_log_lines": self.dropped_log_lines,
+            "request_id": self.request_id,
         }

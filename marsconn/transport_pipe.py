@@ -25,14 +25,16 @@ import os
 import re
 import secrets
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .connecting import connect_failure
 from .endpoints import Endpoint, ServerURL
-from .errors import JobKilledError, LogHandlerError, TargetError, TransferError
+from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
 from .executor import JobContext
 from .jobstate import ServerLost
+from .logs import classify_line
 from .pipeproto import (
     BodyPiece,
     Data,
@@ -522,6 +524,66 @@ def _preview(body: bytes, limit: int = 200) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+#: MARS error lines quoted in an error's text at most, and the length kept of each.
+_ERROR_LINES_QUOTED = 10
+_ERROR_LINE_LENGTH = 300
+
+
+@dataclass(slots=True)
+class _MarsErrors:
+    """The first error lines of MARS's logs (bounded), and how many there were."""
+
+    lines: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if len(self.lines) < _ERROR_LINES_QUOTED:
+            cut = line[:_ERROR_LINE_LENGTH]
+            self.lines.append(cut + ("..." if len(line) > _ERROR_LINE_LENGTH else ""))
+
+    def merge(self, other: _MarsErrors) -> None:
+        """Add another log's error lines after these."""
+        room = _ERROR_LINES_QUOTED - len(self.lines)
+        self.lines.extend(other.lines[: max(0, room)])
+        self.count += other.count
+
+    def explain(self, error: BaseException | None) -> None:
+        """Append the lines to ``error``'s text, so that it says what MARS said."""
+        if error is None or not self.lines:
+            return
+        quoted = "\n".join(f"  {line}" for line in self.lines)
+        more = self.count - len(self.lines)
+        if more:
+            quoted += f"\n  ... and {more} more in Result.message"
+        error.args = (f"{error}\nMARS's error lines:\n{quoted}",)
+
+
+@dataclass(slots=True)
+class _MarsLog:
+    """What fetching MARS's log found: the answer's status (None: no answer) and its errors."""
+
+    status: int | None = None
+    errors: _MarsErrors = field(default_factory=_MarsErrors)
+
+
+@dataclass(slots=True)
+class _Posted:
+    """How one ``POST /`` ended.
+
+    ``failure`` is None when the request's data is complete. ``uid`` names
+    MARS's log on the server (``X-MARS-UID``; None when the answer had
+    none). ``fetch`` is false when the server is presumed unable to answer
+    (a read timeout), so its log is not asked for. ``silent`` marks a
+    server that closed the connection without a byte of answer.
+    """
+
+    uid: str | None
+    failure: Outcome | None = None
+    fetch: bool = True
+    silent: bool = False
+
+
 class PipeTransport:
     """Runs a retrieval on pipe servers, one attempt at a time; see the module docstring.
 
@@ -536,6 +598,8 @@ class PipeTransport:
         self._done = 0  # requests whose data is complete in the file
         self._mark = 0  # file size when the first incomplete request began
         self._job_id: str | None = None
+        # Error lines of the logs of the complete requests, for a "no data" verdict.
+        self._errors = _MarsErrors()
 
     async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
         """One attempt; see :class:`marsconn.executor.Transport`."""
@@ -576,16 +640,18 @@ class PipeTransport:
             return failure
         while self._done < len(ctx.requests):
             try:
-                result = await self._run_request(session, ctx, part, self._done)
+                posted = await self._run_request(session, ctx, part, self._done)
             except TargetError as exc:
                 return Outcome.failed(Action.FINAL, "target_error", exc, job_id=self._job_id)
-            if isinstance(result, Outcome):
-                return result
+            if posted.failure is not None:
+                return await self._failed(session, ctx, posted)
             self._done += 1
             self._mark = part.size
-            failure = await self._fetch_log(session, ctx, result)
-            if failure is not None:
-                return failure
+            try:
+                log = await self._fetch_log(session, ctx, posted.uid)
+            except LogHandlerError as exc:
+                return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=posted.uid)
+            self._errors.merge(log.errors)
             if ctx.job.kill_requested:
                 return Outcome.failed(
                     Action.FINAL,
@@ -597,11 +663,76 @@ class PipeTransport:
                     ),
                     job_id=self._job_id,
                 )
+        if part.size == 0:
+            return await self._no_data(session, ctx)
         try:
             await part.commit(ctx.target)
         except OSError as exc:
             return _target_failure(exc, ctx.target)
         return Outcome.success(part.size, self._job_id)
+
+    async def _no_data(self, session: _Session, ctx: JobContext) -> Outcome:
+        """Every request ended with ``ENDR`` and there is not a byte of data."""
+        count = len(ctx.requests)
+        which = "the request" if count == 1 else f"all {count} requests"
+        error = NoDataError(
+            f"MARS ended {which} on {session.server} with ENDR (the end-of-request marker) "
+            "and no data: it ran the request and found nothing to retrieve"
+        )
+        outcome = Outcome.failed(Action.FINAL, "no_data", error, job_id=self._job_id)
+        try:
+            await ctx.sink.line(f"marsconn - ERROR - {error}")
+        except LogHandlerError as exc:
+            return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=self._job_id)
+        self._errors.explain(error)
+        return outcome
+
+    async def _failed(self, session: _Session, ctx: JobContext, posted: _Posted) -> Outcome:
+        """A request failed: bring in MARS's log, say what happened, explain the error.
+
+        MARS's log is fetched (and deleted on the server) whenever the answer
+        named it, whatever the failure, as cads-mars-server's own client
+        does: its error lines go to the log sink and into the error's text.
+        A server that closed the connection without a byte of answer is
+        asked for the log under the request id (the real server's uid): if
+        it has one, MARS ran, exited 0 and wrote nothing, which is a "no
+        data" outcome, not a broken server.
+        """
+        failure = posted.failure
+        assert failure is not None
+        server = session.server
+        uid = posted.uid
+        try:
+            if failure.error_class == "log_handler_error":
+                # The handler already failed: do not feed it the log, just remove it.
+                if uid is not None and _UID.fullmatch(uid) is not None:
+                    await self._delete_log(session, uid)
+                return failure
+            log = _MarsLog()
+            if posted.fetch and uid is not None:
+                log = await self._fetch_log(session, ctx, uid)
+            elif uid is not None:
+                await ctx.sink.line(
+                    f"marsconn - WARNING - MARS's log {uid} was not fetched from {server}: "
+                    "the server stopped answering"
+                )
+            if posted.silent and log.status == 200:
+                failure = Outcome.failed(
+                    Action.FINAL,
+                    "no_data",
+                    NoDataError(
+                        f"{server} closed the connection without answering the job, and MARS's "
+                        "log is there: MARS exited without writing anything, not even the "
+                        "end-of-request marker, so the request produced no data"
+                    ),
+                    job_id=uid,
+                )
+            level = "ERROR" if failure.action is Action.FINAL else "WARNING"
+            await ctx.sink.line(f"marsconn - {level} - {failure.error}")
+        except LogHandlerError as exc:
+            return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=uid)
+        log.errors.explain(failure.error)
+        return failure
 
     async def _ping(self, session: _Session) -> Outcome | None:
         """``HEAD /``: any answer within the request timeout shows the server is alive."""
@@ -629,8 +760,8 @@ class PipeTransport:
 
     async def _run_request(
         self, session: _Session, ctx: JobContext, part: _PartFile, index: int
-    ) -> Outcome | str | None:
-        """``POST /`` request ``index``; its uid (None if not given) or the failure."""
+    ) -> _Posted:
+        """``POST /`` request ``index``; how it ended."""
         timeouts = ctx.plan.timeouts
         server = session.server
         try:
@@ -639,28 +770,33 @@ class PipeTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return _connect_failed(exc, server, timeouts.connect)
+            return _Posted(None, _connect_failed(exc, server, timeouts.connect))
         body = encode_job(merged_request(ctx.requests, index), ctx.environ)
         decoder = PipeBodyDecoder()
         start = part.size
         uid: str | None = None
+        head: ResponseHead | None = None
         try:
             conn, head = await session.exchange("POST", body=body, idle=timeouts.read)
-            if head.status != 200:
-                return await self._refused(conn, head, ctx, server)
-            if not head.chunked:
-                return Outcome.failed(
-                    Action.NEXT_SERVER,
-                    "protocol_error",
-                    TransferError(
-                        f"{server} answered the job without the chunked coding, so the "
-                        "RWND/ENDR/EROR markers cannot be told from data"
-                    ),
-                    eject=True,
-                )
-            uid = head.headers.get("x-mars-uid")
+            uid = head.headers.get("x-mars-uid") or None
             if uid:
                 self._job_id = ctx.job.job_id = uid
+            if head.status != 200:
+                return _Posted(uid, await self._refused(conn, head, ctx, server))
+            if not head.chunked:
+                return _Posted(
+                    uid,
+                    Outcome.failed(
+                        Action.NEXT_SERVER,
+                        "protocol_error",
+                        TransferError(
+                            f"{server} answered the job without the chunked coding, so the "
+                            "RWND/ENDR/EROR markers cannot be told from data"
+                        ),
+                        eject=True,
+                        job_id=uid,
+                    ),
+                )
             pending: list[bytes | bytearray | memoryview] = []
             while True:
                 # The pieces are views of the receive buffer: they must be written
@@ -680,48 +816,66 @@ class PipeTransport:
                                 part.truncate(start)
                                 verdict = classify_error_trailer(item.payload, server=server)
                                 assert verdict.error is not None
-                                return Outcome.failed(
-                                    verdict.action,
-                                    verdict.error_class or "mars_failed",
-                                    verdict.error,
-                                    eject=verdict.error_class == "transfer_broken",
-                                    next_allowed=verdict.next_allowed,
-                                    job_id=uid,
+                                return _Posted(
+                                    uid,
+                                    Outcome.failed(
+                                        verdict.action,
+                                        verdict.error_class or "mars_failed",
+                                        verdict.error,
+                                        eject=verdict.error_class == "transfer_broken",
+                                        next_allowed=verdict.next_allowed,
+                                        job_id=uid,
+                                    ),
                                 )
                             else:
                                 assert type(item) is EndOfRequest
                     elif type(event) is ResponseEnd:
                         # Data still pending here had no ENDR after it: finish() raises.
                         decoder.finish()
-                        return uid
+                        return _Posted(uid)
                 if pending:
                     part.write(pending)
                     pending.clear()
         except _Closed as exc:
             if decoder.ended:
-                return uid  # ENDR came: the data is complete, only the HTTP ending is missing
-            return _broken(exc, server, part.size - start, uid)
+                return _Posted(
+                    uid
+                )  # ENDR came: the data is complete, only the HTTP end is missing
+            broken = _broken(exc, server, part.size - start, uid)
+            if head is None and (session.conn is None or not session.conn.reader.response_bytes):
+                # Not a byte of answer. The real server does this when MARS exits 0
+                # having written nothing; its log is then under the request id.
+                request_id = ctx.environ.get("request_id")
+                return _Posted(
+                    None if request_id is None else str(request_id), broken, silent=True
+                )
+            return _Posted(uid, broken)
         except TimeoutError:
             if decoder.ended:
-                return uid
+                return _Posted(uid)
             part.truncate(start)
-            return Outcome.failed(
-                Action.NEXT_SERVER,
-                "read_timeout",
-                ServerLost(
-                    f"nothing received from {server} for {timeouts.read:g}s "
-                    f"(read_timeout) after {decoder.data_bytes} data bytes"
+            return _Posted(
+                uid,
+                Outcome.failed(
+                    Action.NEXT_SERVER,
+                    "read_timeout",
+                    ServerLost(
+                        f"nothing received from {server} for {timeouts.read:g}s "
+                        f"(read_timeout) after {decoder.data_bytes} data bytes"
+                    ),
+                    eject=True,
+                    job_id=uid,
                 ),
-                eject=True,
-                job_id=uid,
+                fetch=False,
             )
         except (TransferError, OSError) as exc:
-            return _broken(exc, server, part.size - start, uid)
+            return _Posted(uid, _broken(exc, server, part.size - start, uid))
 
     async def _refused(
         self, conn: _Conn, head: ResponseHead, ctx: JobContext, server: str
     ) -> Outcome:
-        """Classify a non-200 answer; for a rejection, tell the log why."""
+        """Classify a non-200 answer; for a rejection, pass the body's text to the log."""
+        uid = head.headers.get("x-mars-uid") or None
         try:
             body = await conn.body(_ERROR_BODY_LIMIT, ctx.plan.timeouts.read)
         except (TimeoutError, TransferError, OSError) as exc:
@@ -732,49 +886,65 @@ class PipeTransport:
             try:
                 for line in _json_lines(body):
                     await ctx.sink.line(line)
-                await ctx.sink.line(f"marsconn - ERROR - {verdict.error}")
             except LogHandlerError as exc:
-                return Outcome.failed(Action.FINAL, "log_handler_error", exc)
+                return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=uid)
         return Outcome.failed(
             verdict.action,
             verdict.error_class or "http_error",
             verdict.error,
             next_allowed=verdict.next_allowed,
+            job_id=uid,
         )
 
-    async def _fetch_log(
-        self, session: _Session, ctx: JobContext, uid: str | None
-    ) -> Outcome | None:
-        """Feed MARS's log to the sink, then delete it on the server; only the sink can fail."""
+    async def _fetch_log(self, session: _Session, ctx: JobContext, uid: str | None) -> _MarsLog:
+        """Feed MARS's log to the sink, then delete it on the server.
+
+        A failure to fetch or delete is only noted in the log; the sink
+        raising (:class:`~marsconn.errors.LogHandlerError`) propagates, after
+        the log is deleted all the same.
+        """
         server = session.server
+        log = _MarsLog()
+        if uid is None or _UID.fullmatch(uid) is None:
+            await ctx.sink.line(
+                f"marsconn - WARNING - could not fetch the MARS log from {server}: "
+                f"the answer carried no valid X-MARS-UID ({uid!r})"
+            )
+            return log
         try:
-            if uid is None or _UID.fullmatch(uid) is None:
-                await ctx.sink.line(
-                    f"marsconn - WARNING - could not fetch the MARS log from {server}: "
-                    f"the answer carried no valid X-MARS-UID ({uid!r})"
-                )
-                return None
-            reason = await self._stream_log(session, ctx, uid)
+            reason = await self._stream_log(session, ctx, uid, log)
             if reason is not None:
                 await ctx.sink.line(
                     f"marsconn - WARNING - could not fetch the MARS log from {server}: {reason}"
                 )
-            if reason is None or "404" not in reason:
-                reason = await self._delete_log(session, uid)
-                if reason is not None:
-                    await ctx.sink.line(
-                        f"marsconn - WARNING - could not delete the MARS log on {server}: {reason}"
-                    )
-        except LogHandlerError as exc:
-            return Outcome.failed(Action.FINAL, "log_handler_error", exc, job_id=uid)
-        return None
+        except LogHandlerError:
+            # The handler failed; the log must not pile up on the server for that.
+            await self._delete_log(session, uid)
+            raise
+        if log.status != 404:
+            reason = await self._delete_log(session, uid)
+            if reason is not None:
+                await ctx.sink.line(
+                    f"marsconn - WARNING - could not delete the MARS log on {server}: {reason}"
+                )
+        return log
 
-    async def _stream_log(self, session: _Session, ctx: JobContext, uid: str) -> str | None:
+    async def _stream_log(
+        self, session: _Session, ctx: JobContext, uid: str, log: _MarsLog
+    ) -> str | None:
         """``GET /<uid>`` line by line into the sink; the reason if it failed."""
         limit = ctx.plan.timeouts.request
         splitter = _LineSplitter()
+        errors = log.errors
+
+        async def take(line: str) -> None:
+            if classify_line(line) == "error":
+                errors.add(line)
+            await ctx.sink.line(line)
+
         try:
             conn, head = await session.exchange("GET", uid, idle=limit)
+            log.status = head.status
             if head.status != 200:
                 await conn.body(0, limit)
                 return f"HTTP {head.status}"
@@ -782,10 +952,10 @@ class PipeTransport:
                 for event in await conn.events(limit):
                     if isinstance(event, BodyPiece):
                         for line in splitter.feed(event.data):
-                            await ctx.sink.line(line)
+                            await take(line)
                     elif isinstance(event, ResponseEnd):
                         for line in splitter.flush():
-                            await ctx.sink.line(line)
+                            await take(line)
                         return None
         except asyncio.CancelledError:
             raise

@@ -8,7 +8,9 @@ the transport is a stand-in that returns Outcomes, so every branch of
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,14 @@ from marsconn.endpoints import Endpoint
 from marsconn.executor import Job, JobContext, execute_async
 from marsconn.health import ServerHealth
 from marsconn.jobstate import ServerLost
+from marsconn.pipeproto import PipeStatusError
 from marsconn.plan import ConnectionPlan, Mode
 from marsconn.result import Action, Attempt, Outcome
 
 A, B, C, D = (f"http://{h}:9000" for h in "abcd")
+REQ = "00000000-0000-4000-8000-0000000000a1"
 ENVIRON = {
-    "request_id": "req-1",
+    "request_id": REQ,
     "user_id": "00000000-0000-4000-8000-000000000001",
     "namespace": "test",
     "host": "worker-1",
@@ -227,7 +231,7 @@ async def test_success_on_the_first_server(install, modes, sleeps, target: Path)
     assert ctx.environ is not ENVIRON
     assert ctx.target == target
     assert ctx.rng is rng
-    assert ctx.job.request_id == "req-1"
+    assert ctx.job.request_id == REQ
     assert ctx.sink.job is ctx.job
     assert transport.job_servers == [A]
 
@@ -362,7 +366,7 @@ async def test_passes_are_bounded_with_backoff_between_them(install, sleeps, tar
             {A: [refused("refused a", eject=False)], B: [refused("refused b", eject=False)]}
         )
     )
-    plan = make_plan(max_retries=3, retry_delay=0.01)
+    plan = make_plan(max_retries=3, retry_delay=0.01, retry_backoff="exponential")
     with capture_logs() as events:
         result = await run(plan, target, rng=random.Random(3), audit_logger=structlog.get_logger())
     assert transport.calls == [A, B] * 3
@@ -395,7 +399,9 @@ async def test_passes_are_bounded_with_backoff_between_them(install, sleeps, tar
 
 async def test_backoff_is_capped(install, sleeps, target: Path) -> None:
     install(FakeTransport({A: [refused(eject=False)]}))
-    plan = make_plan([A], max_retries=5, retry_delay=1, retry_backoff_max=3)
+    plan = make_plan(
+        [A], max_retries=5, retry_delay=1, retry_backoff_max=3, retry_backoff="exponential"
+    )
     await run(plan, target)
     assert len(sleeps) == 4
     assert 1 <= sleeps[0] <= 1.5
@@ -416,7 +422,7 @@ async def test_shuffled_order_comes_from_the_rng(install, target: Path) -> None:
     transport = install(FakeTransport({u: [refused(eject=False)] for u in urls}))
     plan = make_plan(urls, failover_order="shuffled", max_retries=1)
     await run(plan, target, rng=random.Random(5))
-    expected = plan.policy.ordered(plan.endpoints, "req-1", random.Random(5))
+    expected = plan.policy.ordered(plan.endpoints, REQ, random.Random(5))
     assert transport.calls == [e.url.display() for e in expected]
     assert sorted(transport.calls) == urls
 
@@ -559,7 +565,7 @@ async def test_audit_trail_of_a_failover(install, target: Path) -> None:
             health=ServerHealth(),
             audit_logger=structlog.get_logger(),
         )
-    common = {"request_id": "req-1", "mode": "pipe"}
+    common = {"request_id": REQ, "mode": "pipe"}
     assert strip_durations(events) == [
         {
             "event": "marsconn.attempt.started",
@@ -637,7 +643,7 @@ async def test_job_finished_on_failure(install, target: Path) -> None:
         {
             "event": "marsconn.job.finished",
             "log_level": "info",
-            "request_id": "req-1",
+            "request_id": REQ,
             "mode": "pipe",
             "ok": False,
             "error_class": "connect_refused",
@@ -718,7 +724,56 @@ async def test_result_to_dict_of_a_failure(install, target: Path) -> None:
         "attempts",
         "message",
         "dropped_log_lines",
+        "request_id",
+        "error_kind",
     }
+    assert (data["request_id"], data["error_kind"]) == (REQ, "system")
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (None, None),
+        (marsconn.MarsRequestError("rejected", returncode=1), "runtime"),
+        (JobKilledError("killed"), "runtime"),
+        (marsconn.TransferError("broke"), "runtime"),
+        (marsconn.LogHandlerError("handler"), "runtime"),
+        (PipeStatusError("proxy", status=404), "runtime"),
+        (marsconn.NoDataError("nothing"), "no_data"),
+        (NoServerAvailableError("none"), "system"),
+        (marsconn.TargetError("disk"), "system"),
+        (PreflightError("inputs"), "system"),
+        (marsconn.ConfigError([]), "system"),
+        (RuntimeError("not ours"), "runtime"),
+        (ServerLost("gone"), "runtime"),
+    ],
+)
+def test_result_error_kind(error: BaseException | None, kind: str | None) -> None:
+    result = marsconn.Result(error=error, message="", mode="pipe", target="/t")
+    assert result.error_kind == kind
+    assert result.to_dict()["error_kind"] == kind
+    if kind is not None:
+        assert isinstance(result.error_kind, marsconn.ErrorKind)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_every_marsconn_error_names_its_kind() -> None:
+    classes = [marsconn.MarsconnError, *_subclasses(marsconn.MarsconnError)]
+    named = {c.__name__ for c in classes}
+    assert {"NoDataError", "PipeStatusError", "MarsRequestError", "ConfigError"} <= named
+    for cls in classes:
+        if cls.__module__.startswith("marsconn") and not cls.__name__.startswith("_"):
+            assert "kind" in vars(cls), f"{cls.__name__} does not say its kind"
+            assert isinstance(cls.kind, marsconn.ErrorKind)
+    assert [k.value for k in marsconn.ErrorKind] == ["runtime", "no_data", "system"]
+    assert marsconn.NoDataError.kind is marsconn.ErrorKind.NO_DATA
+    assert {"ErrorKind", "NoDataError"} <= set(marsconn.__all__)
 
 
 def test_result_error_class_falls_back_to_the_exception_type() -> None:
@@ -731,20 +786,29 @@ def test_result_error_class_falls_back_to_the_exception_type() -> None:
 
 
 async def test_log_lines_from_the_transport_reach_the_result(install, target: Path) -> None:
+    raw = ["a 1%", "a 1%", "a 1%", "b ERROR x", "c 2%", "d 3%", "d 3%"]
+
     async def chatty(endpoint: Endpoint, ctx: JobContext) -> Outcome:
-        for line in ["a 1%", "a 1%", "a 1%", "b ERROR x", "c 2%", "d 3%", "d 3%"]:
+        for line in raw:
             await ctx.sink.line(line)
         return ok()
 
     install(FakeTransport({A: [chatty]}))
+    whole = await run(make_plan([A]), target)
+    # Raw lines, not the filtered and folded view the logger gets.
+    assert whole.message.splitlines() == raw
+    assert whole.dropped_log_lines == 0
+    install(FakeTransport({A: [chatty]}))
     result = await run(make_plan([A], log_keep_lines=2), target)
-    # The pending repeat of "d 3%" is flushed before the message is taken.
+    # The first and last lines stay; the middle's error line is kept too.
     assert result.message.splitlines() == [
+        "a 1%",
+        "[marsconn: 4 log lines dropped here (more than log_keep_lines=2 lines); "
+        "the 1 error line of that part follow]",
         "b ERROR x",
         "d 3%",
-        "(previous line repeated 1 more times)",
     ]
-    assert result.dropped_log_lines == 3
+    assert result.dropped_log_lines == 4
 
 
 async def test_log_handler_and_logger_are_wired(install, target: Path) -> None:
@@ -769,7 +833,7 @@ async def test_log_handler_and_logger_are_wired(install, target: Path) -> None:
     install(FakeTransport({A: [line]}))
     result = await run(make_plan([A]), target, log_handler=handler, logger=Rec())
     assert calls == [("info", "X 1%")]
-    assert result.message == "X 1%"
+    assert result.message == "x 1%"  # the raw line: the handler decides only what is shown
 
 
 # --- cleanup, cancellation, deadline -------------------------------------------------------------
@@ -884,9 +948,18 @@ async def test_job_deadline_keeps_attempts_and_error_class(install, target: Path
         ([{"a": 1}, [("param", "2t")]], ENVIRON, r"requests\[1\] is not a dict"),
         (
             {"a": 1},
-            {"request_id": "r", "namespace": ""},
-            "environ lacks user_id, namespace, host, username",
+            {"request_id": REQ, "namespace": ""},
+            "environ lacks user_id, host, username; the servers need the keys request_id, "
+            "user_id, namespace, host, username to be present",
         ),
+        ({"a": 1}, None, "environ is a NoneType; give a dict with the keys request_id"),
+        ({"a": 1}, {**ENVIRON, "request_id": "req-1"}, r"environ\['request_id'\] is 'req-1'"),
+        (
+            {"a": 1},
+            {**ENVIRON, "request_id": REQ.upper()},
+            "not a UUID in the servers' form.*lower-case hex digits",
+        ),
+        ({"a": 1}, {**ENVIRON, "request_id": 7}, r"environ\['request_id'\] is 7: not a UUID"),
     ],
 )
 async def test_preflight_refuses_before_any_transport(
@@ -910,9 +983,68 @@ async def test_preflight_names_a_non_dict_request(install, target: Path, item: A
 
 def test_sync_preflight_raises_in_the_callers_thread(install, modes, target: Path) -> None:
     install(FakeTransport({A: [ok()]}))
-    with pytest.raises(PreflightError, match="not an absolute path"):
-        marsconn.execute(make_plan([A]), {}, ENVIRON, "relative/data.grib")
+    with pytest.raises(PreflightError, match="does not exist"):
+        marsconn.execute(make_plan([A]), {}, ENVIRON, "no-such-dir-for-marsconn/data.grib")
     assert modes == []
+
+
+@pytest.mark.parametrize(
+    ("make_target", "message"),
+    [
+        (lambda t: t.parent, "is an existing directory; give the path of the output file"),
+        (lambda t: t.parent / "missing" / "x.grib", "target directory '.*missing' does not exist"),
+        (lambda t: 5, "target is a int; give the output file's path"),
+    ],
+)
+async def test_preflight_refuses_unusable_targets(
+    install, modes, target: Path, make_target: Any, message: str
+) -> None:
+    transport = install(FakeTransport({A: [ok()]}))
+    with pytest.raises(PreflightError, match=message):
+        await execute_async(make_plan([A]), {}, ENVIRON, make_target(target))
+    assert modes == []
+    assert transport.calls == []
+
+
+async def test_relative_target_is_resolved_against_the_working_directory(
+    install, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = install(FakeTransport({A: [ok()], B: [ok()]}))
+    (target.parent / "sub").mkdir()
+    monkeypatch.chdir(target.parent)
+    result = await run(make_plan([A]), Path("sub") / "data.grib")
+    assert result.ok
+    assert result.target == str(target.parent / "sub" / "data.grib")
+    assert transport.contexts[0].target == target.parent / "sub" / "data.grib"
+    # As the adaptor builds it from its default cache_tmp_path, Path().
+    result = await run(make_plan([B]), str(Path() / "data.grib"))
+    assert result.target == str(target)
+
+
+async def test_present_none_values_are_accepted_and_a_request_id_is_generated(
+    install, target: Path
+) -> None:
+    transport = install(FakeTransport({A: [ok()]}))
+    environ = dict.fromkeys(("request_id", "user_id", "namespace", "host", "username"))
+    result = await execute_async(
+        make_plan([A]), {"param": "2t"}, environ, target, audit_logger=NullAudit()
+    )
+    assert result.ok
+    sent = transport.contexts[0].environ
+    generated = sent["request_id"]
+    assert uuid.UUID(generated).version == 4
+    assert str(uuid.UUID(generated)) == generated  # the lower-case form the servers want
+    assert {k: v for k, v in sent.items() if k != "request_id"} == dict.fromkeys(
+        ("user_id", "namespace", "host", "username")
+    )
+    assert environ["request_id"] is None  # the caller's dict is not changed
+    assert result.request_id == generated
+    assert transport.contexts[0].job.request_id == generated
+    # Each call gets its own id.
+    again = await execute_async(
+        make_plan([A]), {"param": "2t"}, environ, target, audit_logger=NullAudit()
+    )
+    assert again.request_id != generated
 
 
 # --- the synchronous front end -------------------------------------------------------------------
@@ -938,6 +1070,42 @@ async def test_sync_execute_inside_a_loop_reraises_transport_errors(install, tar
             make_plan([A]), {}, ENVIRON, target, audit_logger=NullAudit(), health=ServerHealth()
         )
     assert transport.cleanups == [False]
+
+
+async def test_job_send_takes_the_kill_command_as_the_websocket_did() -> None:
+    job = Job(REQ)
+    await job.send(json.dumps({"cmd": "kill"}))
+    assert job.kill_requested is True
+    other = Job(REQ)
+    await other.send(b'{"cmd": "kill"}')
+    assert other.kill_requested is True
+
+
+@pytest.mark.parametrize(
+    "message",
+    ['{"cmd": "start"}', '{"cmd": "kill", "now": true}', "kill", "[]", b"\xff", "x" * 500],
+)
+async def test_job_send_refuses_anything_else(message: str | bytes) -> None:
+    job = Job(REQ)
+    with pytest.raises(ValueError, match=r"the only command a running job takes is the kill"):
+        await job.send(message)
+    assert job.kill_requested is False
+
+
+async def test_a_cads_mars_server_style_handler_kills_through_send(install, target: Path) -> None:
+    async def two_lines(endpoint: Endpoint, ctx: JobContext) -> Outcome:
+        await ctx.sink.line("mars - FATAL - out of tape")
+        await ctx.sink.line("mars - INFO - after")
+        return ok()
+
+    async def handler(line: str, ws: Any, logger: Any) -> str | None:
+        if "FATAL" in line:
+            await ws.send(json.dumps({"cmd": "kill"}))
+        return line
+
+    transport = install(FakeTransport({A: [two_lines]}))
+    await run(make_plan([A]), target, log_handler=handler)
+    assert transport.contexts[0].job.kill_requested is True
 
 
 def test_job_kill_and_repr() -> None:

@@ -101,7 +101,7 @@ def test_level_word_before_a_progress_word() -> None:
     assert classify_line("mars - ERROR - Retrieving from tape failed") == "error"
 
 
-# --- filtering -----------------------------------------------------------------------------------
+# --- filtering: what is shown; the kept text is always the raw lines ---------------------------
 
 
 LOG = [
@@ -113,14 +113,16 @@ LOG = [
 ]
 
 
-async def test_filter_on_keeps_only_classified_lines() -> None:
-    s = await feed(sink(filter=True), LOG)
-    assert s.text.splitlines() == [LOG[1], LOG[2], LOG[4]]
+async def test_filter_on_shows_only_classified_lines_but_keeps_every_raw_line() -> None:
+    rec = Recorder()
+    s = await feed(sink(filter=True, logger=rec), LOG)
+    assert rec.calls == [("info", LOG[1]), ("warning", LOG[2]), ("error", LOG[4])]
+    assert s.text.splitlines() == LOG
     assert s.lines_seen == 5
     assert s.dropped == 0
 
 
-async def test_filter_off_keeps_everything_as_info() -> None:
+async def test_filter_off_shows_everything_as_info_or_its_level() -> None:
     rec = Recorder()
     s = await feed(sink(filter=False, logger=rec), LOG)
     assert s.text.splitlines() == LOG
@@ -138,30 +140,44 @@ async def test_line_endings_are_stripped() -> None:
     assert s.text == "a 10%\nb 20%"
 
 
-# --- folding repeats -----------------------------------------------------------------------------
+async def test_forty_raw_lines_are_all_kept_whatever_the_filter() -> None:
+    # The lines a 40-line MARS job prints: all noise to the filter.
+    lines = [f"mars - INFO - line {i} of 40" for i in range(1, 41)]
+    for filtered in (True, False):
+        rec = Recorder()
+        s = await feed(sink(filter=filtered, logger=rec), lines)
+        assert s.text.splitlines() == lines
+        assert s.dropped == 0
+        assert len(rec.calls) == (0 if filtered else 40)
 
 
-async def test_repeats_are_folded() -> None:
+# --- folding repeats (what is shown) -------------------------------------------------------------
+
+
+async def test_repeats_are_folded_when_shown_and_kept_raw() -> None:
     rec = Recorder()
-    s = await feed(sink(logger=rec), ["a 1%", "a 1%", "a 1%", "b 2%", "b 2%", "c 3%"])
-    assert s.text.splitlines() == [
-        "a 1%",
-        "(previous line repeated 2 more times)",
-        "b 2%",
-        "(previous line repeated 1 more times)",
-        "c 3%",
+    lines = ["a 1%", "a 1%", "a 1%", "b 2%", "b 2%", "c 3%"]
+    s = await feed(sink(logger=rec), lines)
+    assert rec.calls == [
+        ("info", "a 1%"),
+        ("info", "(previous line repeated 2 more times)"),
+        ("info", "b 2%"),
+        ("info", "(previous line repeated 1 more times)"),
+        ("info", "c 3%"),
     ]
-    assert [level for level, _ in rec.calls] == ["info"] * 5
+    assert s.text.splitlines() == lines
     assert s.lines_seen == 6
 
 
 async def test_pending_repeat_note_needs_close() -> None:
-    s = await feed(sink(), ["a 1%", "a 1%", "a 1%"], close=False)
-    assert s.text == "a 1%"
+    rec = Recorder()
+    s = await feed(sink(logger=rec), ["a 1%", "a 1%", "a 1%"], close=False)
+    assert rec.calls == [("info", "a 1%")]
     s.close()
-    assert s.text == "a 1%\n(previous line repeated 2 more times)"
+    assert rec.calls[-1] == ("info", "(previous line repeated 2 more times)")
     s.close()  # idempotent: nothing pending any more
-    assert s.text == "a 1%\n(previous line repeated 2 more times)"
+    assert len(rec.calls) == 2
+    assert s.text == "a 1%\na 1%\na 1%"
 
 
 async def test_repeated_error_lines_fold_and_the_note_is_info() -> None:
@@ -171,31 +187,55 @@ async def test_repeated_error_lines_fold_and_the_note_is_info() -> None:
         ("error", "x ERROR bad"),
         ("info", "(previous line repeated 3 more times)"),
     ]
-    assert s.text.splitlines() == ["x ERROR bad", "(previous line repeated 3 more times)"]
+    assert s.text.splitlines() == ["x ERROR bad"] * 4
 
 
 async def test_no_folding_when_the_filter_is_off() -> None:
-    s = await feed(sink(filter=False), ["same"] * 3)
-    assert s.text.splitlines() == ["same"] * 3
+    rec = Recorder()
+    await feed(sink(filter=False, logger=rec), ["same"] * 3)
+    assert rec.calls == [("info", "same")] * 3
 
 
 async def test_a_line_equal_to_an_older_one_is_not_a_repeat() -> None:
-    s = await feed(sink(), ["a 1%", "b 2%", "a 1%"])
-    assert s.text.splitlines() == ["a 1%", "b 2%", "a 1%"]
+    rec = Recorder()
+    await feed(sink(logger=rec), ["a 1%", "b 2%", "a 1%"])
+    assert [m for _, m in rec.calls] == ["a 1%", "b 2%", "a 1%"]
 
 
-# --- bounded keeping -----------------------------------------------------------------------------
+# --- bounded keeping: head and tail, the middle dropped ------------------------------------------
 
 
-async def test_keep_lines_bounds_shown_lines_and_counts_dropped() -> None:
-    lines = [f"line {i} 1%" for i in range(10)]
-    s = await feed(sink(keep_lines=3), lines)
-    assert s.text.splitlines() == ["line 7 1%", "line 8 1%", "line 9 1%"]
-    assert s.dropped == 7
+def note(dropped: int, keep: int, errors: int = 0) -> str:
+    text = (
+        f"[marsconn: {dropped} log line{'s' * (dropped != 1)} dropped here "
+        f"(more than log_keep_lines={keep} lines)"
+    )
+    if errors:
+        text += f"; the {errors} error line{'s' * (errors != 1)} of that part follow"
+    return text + "]"
+
+
+async def test_keep_lines_keeps_the_head_and_the_tail_and_says_what_was_dropped() -> None:
+    lines = [f"line {i}" for i in range(10)]
+    s = await feed(sink(keep_lines=4), lines)
+    assert s.text.splitlines() == ["line 0", "line 1", note(6, 4), "line 8", "line 9"]
+    assert s.dropped == 6
     assert s.lines_seen == 10
 
 
-async def test_errors_are_kept_beyond_keep_lines_in_arrival_order() -> None:
+async def test_an_odd_keep_limit_gives_the_tail_the_extra_line() -> None:
+    s = await feed(sink(keep_lines=3), [f"line {i}" for i in range(10)])
+    assert s.text.splitlines() == ["line 0", note(7, 3), "line 8", "line 9"]
+
+
+async def test_exactly_keep_lines_is_kept_whole() -> None:
+    lines = [f"line {i}" for i in range(4)]
+    s = await feed(sink(keep_lines=4), lines)
+    assert s.text.splitlines() == lines
+    assert s.dropped == 0
+
+
+async def test_error_lines_of_the_middle_are_kept_in_arrival_order() -> None:
     lines = [
         "p0 1%",
         "E0 ERROR a",
@@ -207,20 +247,21 @@ async def test_errors_are_kept_beyond_keep_lines_in_arrival_order() -> None:
         "p4 1%",
     ]
     s = await feed(sink(keep_lines=2), lines)
-    assert s.text.splitlines() == ["E0 ERROR a", "E1 ERROR c", "p3 1%", "p4 1%"]
-    assert s.dropped == 4  # p0, p1, p2, W0
+    assert s.text.splitlines() == ["p0 1%", note(4, 2, 2), "E0 ERROR a", "E1 ERROR c", "p4 1%"]
+    assert s.dropped == 4  # p1, p2, W0, p3
 
 
-async def test_merged_text_is_in_arrival_order() -> None:
-    lines = ["a 1%", "b ERROR", "c WARN", "d 2%", "e FATAL", "f 3%"]
-    s = await feed(sink(), lines)
+async def test_only_errors_in_the_middle_need_no_note() -> None:
+    lines = ["a 1%", "x ERROR 1", "y ERROR 2", "b 2%"]
+    s = await feed(sink(keep_lines=2), lines)
     assert s.text.splitlines() == lines
+    assert s.dropped == 0
 
 
 async def test_keep_lines_zero_keeps_only_errors() -> None:
     rec = Recorder()
     s = await feed(sink(keep_lines=0, logger=rec), ["a 1%", "b ERROR x", "c WARN", "d 2%"])
-    assert s.text == "b ERROR x"
+    assert s.text.splitlines() == [note(3, 0, 1), "b ERROR x"]
     assert s.dropped == 3
     # Shown lines still reach the logger: keeping and showing are separate.
     assert [m for _, m in rec.calls] == ["a 1%", "b ERROR x", "c WARN", "d 2%"]
@@ -230,38 +271,58 @@ def test_error_cap_value() -> None:
     assert ERROR_CAP == 10_000
 
 
-async def test_errors_beyond_the_cap_are_dropped() -> None:
-    s = sink(keep_lines=5)
-    for i in range(ERROR_CAP + 3):
+async def test_middle_errors_beyond_the_cap_are_dropped() -> None:
+    s = sink(keep_lines=4)
+    for i in range(ERROR_CAP + 7):
         await s.line(f"ERROR {i}")
     s.close()
     kept = s.text.splitlines()
-    assert len(kept) == ERROR_CAP
-    assert kept[0] == "ERROR 0"
-    assert kept[-1] == f"ERROR {ERROR_CAP - 1}"
+    # 2 head + the cap + the note + 2 tail
+    assert len(kept) == ERROR_CAP + 5
+    assert kept[:3] == ["ERROR 0", "ERROR 1", note(3, 4, ERROR_CAP)]
+    assert kept[3] == "ERROR 2"
+    assert kept[-3:] == [
+        f"ERROR {ERROR_CAP + 1}",
+        f"ERROR {ERROR_CAP + 5}",
+        f"ERROR {ERROR_CAP + 6}",
+    ]
     assert s.dropped == 3
 
 
 async def test_error_cap_is_read_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "ERROR_CAP", 2)
-    s = await feed(sink(), ["ERROR a", "ERROR b", "ERROR c", "x 1%"])
-    assert s.text.splitlines() == ["ERROR a", "ERROR b", "x 1%"]
-    assert s.dropped == 1
+    s = await feed(sink(keep_lines=0), ["ERROR a", "ERROR b", "ERROR c", "x 1%"])
+    assert s.text.splitlines() == [note(2, 0, 2), "ERROR a", "ERROR b"]
+    assert s.dropped == 2
 
 
 @given(
     st.lists(st.sampled_from(["a 1%", "b 2%", "c ERROR", "d WARN", "noise"]), max_size=60),
     st.integers(min_value=0, max_value=8),
 )
-async def test_kept_text_is_bounded(lines: list[str], keep: int) -> None:
-    s = await feed(sink(keep_lines=keep), lines)
+async def test_kept_text_is_the_log_with_its_middle_dropped(lines: list[str], keep: int) -> None:
+    numbered = [f"{i} {line}" for i, line in enumerate(lines)]
+    s = await feed(sink(keep_lines=keep), numbered)
     kept = s.text.splitlines() if s.text else []
-    non_errors = [k for k in kept if "ERROR" not in k]
-    assert len(non_errors) <= keep
+    notes = [k for k in kept if k.startswith("[marsconn:")]
+    raw = [k for k in kept if not k.startswith("[marsconn:")]
     assert s.lines_seen == len(lines)
+    # Nothing invented, nothing reordered, every line accounted for.
+    assert raw == [line for line in numbered if line in set(raw)]
+    assert len(raw) + s.dropped == len(numbered)
+    assert len(notes) == (1 if s.dropped else 0)
+    if len(numbered) <= keep:
+        assert raw == numbered
+    non_errors = [k for k in raw if "ERROR" not in k]
+    assert len(non_errors) <= keep
+    # The first keep//2 and last keep - keep//2 lines are always there.
+    head, tail = keep // 2, keep - keep // 2
+    assert numbered[:head] == raw[:head]
+    if tail and numbered:
+        assert raw[-min(tail, len(numbered)) :] == numbered[-min(tail, len(numbered)) :]
 
 
-# --- handlers ------------------------------------------------------------------------------------
+# --- handlers (what is shown) --------------------------------------------------------------------
 
 
 async def test_sync_handler_gets_line_job_logger_and_reformats() -> None:
@@ -276,55 +337,56 @@ async def test_sync_handler_gets_line_job_logger_and_reformats() -> None:
     s = await feed(sink(handler=handler, logger=rec, job=job), ["a 1%\n", "noise"])
     assert seen == [("a 1%", job, rec), ("noise", job, rec)]
     # The handler decides what is shown: its output is not filtered.
-    assert s.text.splitlines() == ["[adaptor] A 1%", "[adaptor] NOISE"]
     assert rec.calls == [("info", "[adaptor] A 1%"), ("info", "[adaptor] NOISE")]
+    assert s.text.splitlines() == ["a 1%", "noise"]
 
 
 async def test_async_handler() -> None:
+    rec = Recorder()
+
     async def handler(line: str, job: Any, logger: Any) -> str | None:
         return None if "drop" in line else line + "!"
 
-    s = await feed(sink(handler=handler), ["keep 1%", "drop 2%", "keep 3%"])
-    assert s.text.splitlines() == ["keep 1%!", "keep 3%!"]
+    s = await feed(sink(handler=handler, logger=rec), ["keep 1%", "drop 2%", "keep 3%"])
+    assert rec.calls == [("info", "keep 1%!"), ("info", "keep 3%!")]
+    assert s.text.splitlines() == ["keep 1%", "drop 2%", "keep 3%"]
 
 
 async def test_handler_output_is_reclassified() -> None:
     rec = Recorder()
     s = await feed(
-        sink(handler=lambda line, job, logger: f"FATAL: {line}", logger=rec, keep_lines=0),
+        sink(handler=lambda line, job, logger: f"FATAL: {line}", logger=rec, keep_lines=1),
         ["all good"],
     )
     assert rec.calls == [("error", "FATAL: all good")]
-    assert s.text == "FATAL: all good"
+    assert s.text == "all good"
 
 
 async def test_handler_non_string_result_is_converted() -> None:
-    s = await feed(sink(handler=lambda line, job, logger: 42), ["x"])
-    assert s.text == "42"
+    rec = Recorder()
+    await feed(sink(handler=lambda line, job, logger: 42, logger=rec), ["x"])
+    assert rec.calls == [("info", "42")]
 
 
-async def test_handler_returning_none_suppresses_but_keeps_errors() -> None:
+async def test_handler_returning_none_suppresses_showing_not_keeping() -> None:
     rec = Recorder()
     s = await feed(
         sink(handler=lambda line, job, logger: None, logger=rec),
         ["a 1%", "b ERROR broken", "c WARN"],
     )
     assert rec.calls == []
-    assert s.text == "b ERROR broken"
+    assert s.text.splitlines() == ["a 1%", "b ERROR broken", "c WARN"]
     assert s.lines_seen == 3
 
 
-async def test_suppressed_error_keeps_arrival_order_with_repeat_notes() -> None:
-    def handler(line: str, job: Any, logger: Any) -> str | None:
-        return None if "ERROR" in line else line
+async def test_a_raising_handler_still_leaves_the_line_kept() -> None:
+    def handler(line: str, job: Any, logger: Any) -> str:
+        raise ValueError(line)
 
-    s = await feed(sink(handler=handler), ["a 1%", "a 1%", "x ERROR", "b 2%"])
-    assert s.text.splitlines() == [
-        "a 1%",
-        "(previous line repeated 1 more times)",
-        "x ERROR",
-        "b 2%",
-    ]
+    s = sink(handler=handler)
+    with pytest.raises(LogHandlerError):
+        await s.line("mars - ERROR - the cause")
+    assert s.text == "mars - ERROR - the cause"
 
 
 @pytest.mark.parametrize("is_async", [False, True])

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,14 @@ import pytest
 import trustme
 
 import marsconn
-from marsconn import JobKilledError, LogHandlerError, MarsRequestError, transport_pipe
+from marsconn import (
+    ErrorKind,
+    JobKilledError,
+    LogHandlerError,
+    MarsRequestError,
+    NoDataError,
+    transport_pipe,
+)
 from marsconn.health import ServerHealth
 from marsconn.testing import (
     MarsScript,
@@ -36,6 +45,18 @@ from marsconn.transport_pipe import _set_keepalive, temp_path_pattern
 
 Factory = Callable[..., PipeMarsServer]
 LOG = ("mars - INFO - Transferring 3 fields", "mars - WARNING - slow tape", "chatter")
+
+
+class Recorder:
+    """A logger that records the lines shown to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str) -> None:
+        self.lines.append(msg)
+
+    warning = error = info
 
 
 class NullAudit:
@@ -161,13 +182,26 @@ async def test_success_streams_output_and_fetches_the_log(
     assert server.logs == {}
 
 
-async def test_default_filter_keeps_only_meaningful_lines(
+async def test_default_filter_shows_only_meaningful_lines_and_keeps_them_all(
     factory: Factory, mars_environ: dict[str, str], mars_target: Path
 ) -> None:
     server = factory(MarsScript(log_lines=LOG))
-    result = await run(plan([server.url]), mars_environ, mars_target)
+    shown = Recorder()
+    result = await run(plan([server.url]), mars_environ, mars_target, logger=shown)
     assert result.ok
-    assert result.message == "mars - INFO - Transferring 3 fields\nmars - WARNING - slow tape"
+    assert shown.lines == ["mars - INFO - Transferring 3 fields", "mars - WARNING - slow tape"]
+    assert result.message == "\n".join(LOG)
+
+
+async def test_a_forty_line_job_keeps_every_raw_line(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    lines = [f"mars - INFO - line {i} of 40" for i in range(1, 41)]
+    server = factory(MarsScript(log_lines=lines))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert result.message.splitlines() == lines
+    assert result.dropped_log_lines == 0
 
 
 async def test_rewind_mid_stream_keeps_the_data_once(
@@ -192,13 +226,60 @@ async def test_tiny_data_chunks_are_data_not_markers(
     assert content(mars_target) == expected(2000)
 
 
-async def test_empty_output_succeeds_with_an_empty_file(
+@pytest.mark.parametrize("existed", [True, False])
+async def test_endr_without_data_is_no_data_and_final(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path, existed: bool
+) -> None:
+    if existed:
+        put(mars_target, b"previous output")
+    lines = ("mars - INFO - Retrieving", "mars - WARNING - no fields match", "mars - ERROR - x")
+    first = factory(MarsScript(output_size=0, log_lines=lines))
+    second = factory()
+    result = await run(plan([first.url, second.url], max_retries=3), mars_environ, mars_target)
+    assert isinstance(result.error, NoDataError)
+    assert result.error_kind is ErrorKind.NO_DATA
+    assert classes(result) == ["no_data"]
+    assert [a.outcome for a in result.attempts] == ["final"]
+    assert second.posts == []
+    assert "with ENDR (the end-of-request marker) and no data" in str(result.error)
+    assert "MARS's error lines:\n  mars - ERROR - x" in str(result.error)
+    assert result.message.splitlines()[:3] == list(lines)
+    assert (first.logs, first.deleted) == ({}, [mars_environ["request_id"]])
+    assert content(mars_target) == (b"previous output" if existed else None)
+    assert leftovers(mars_target) == []
+
+
+async def test_a_handler_raising_on_the_no_data_note_is_a_handler_error(
     factory: Factory, mars_environ: dict[str, str], mars_target: Path
 ) -> None:
     server = factory(MarsScript(output_size=0))
-    result = await run(plan([server.url]), mars_environ, mars_target)
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        if line.startswith("marsconn - ERROR"):
+            raise RuntimeError("no notes please")
+        return line
+
+    result = await run(plan([server.url]), mars_environ, mars_target, log_handler=handler)
+    assert isinstance(result.error, LogHandlerError)
+    assert classes(result) == ["log_handler_error"]
+    assert server.logs == {}
+    assert content(mars_target) is None
+
+
+async def test_no_data_counts_the_whole_list(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # One empty request among others is not "no data"; all of them empty is.
+    server = factory(by_step({1: MarsScript(output_size=0), 2: MarsScript(output_size=700)}))
+    result = await run(plan([server.url]), mars_environ, mars_target, requests=REQUESTS)
     assert result.ok, result.error
-    assert content(mars_target) == b""
+    assert content(mars_target) == expected(700)
+    server.script = MarsScript(output_size=0)
+    result = await run(plan([server.url]), mars_environ, mars_target, requests=REQUESTS)
+    assert isinstance(result.error, NoDataError)
+    assert "ended all 2 requests" in str(result.error)
+    assert content(mars_target) == expected(700)  # the earlier output is untouched
+    assert server.logs == {}
 
 
 async def test_replaces_an_existing_target_only_on_success(
@@ -271,16 +352,35 @@ async def test_eror_killed_follows_the_retry_flags(
 async def test_400_is_final_and_explained(
     factory: Factory, mars_environ: dict[str, str], mars_target: Path
 ) -> None:
-    first = factory(MarsScript(returncode=2))
+    log = (
+        "mars - INFO - Welcome to MARS",
+        "mars - ERROR - Unknown parameter 'paramx'",
+        "mars - ERROR - Request failed",
+    )
+    first = factory(MarsScript(returncode=2, log_lines=log))
     second = factory()
     result = await run(plan([first.url, second.url], max_retries=3), mars_environ, mars_target)
     assert isinstance(result.error, MarsRequestError)
     assert result.error.returncode == 2
+    assert result.error_kind is ErrorKind.RUNTIME
     assert classes(result) == ["mars_rejected"]
     assert len(first.posts) == 1
     assert second.posts == []
-    assert "MARS exited with code 2" in result.message
-    assert '{"exited": 2}' in result.message
+    # MARS's own log, every line, then marsconn's summary.
+    lines = result.message.splitlines()
+    assert lines[:3] == list(log)
+    assert lines[3].startswith("marsconn - ERROR - MARS exited with code 2")
+    assert '{"exited": 2}' in lines[3]
+    assert len(lines) == 4
+    # The error's text says what MARS said.
+    assert str(result.error).endswith(
+        "\nMARS's error lines:\n"
+        "  mars - ERROR - Unknown parameter 'paramx'\n"
+        "  mars - ERROR - Request failed"
+    )
+    assert result.attempts[0].job_id == mars_environ["request_id"]
+    # Fetched and deleted: nothing left on the server.
+    assert (first.logs, first.deleted) == ({}, [mars_environ["request_id"]])
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -616,6 +716,225 @@ async def test_kill_from_the_log_handler_stops_the_list(
     assert classes(result) == ["killed"]
     assert len(server.posts) == 1  # the second request never ran
     assert content(mars_target) is None
+
+
+# --- MARS's log after failures: fetched, explained, deleted ----------------------------------
+
+
+MARS_ERROR = ("mars - INFO - starting", "mars - ERROR - Disk quota exceeded on the cache")
+
+
+async def test_eror_mid_stream_fetches_and_deletes_the_log(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(
+        MarsScript(
+            output_size=100_000,
+            error_after=30_000,
+            error_payload={"exited": 6},
+            log_lines=MARS_ERROR,
+        )
+    )
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    assert isinstance(result.error, MarsRequestError)
+    assert result.error.returncode == 6
+    assert "while sending data" in str(result.error)
+    assert "\n  mars - ERROR - Disk quota exceeded on the cache" in str(result.error)
+    assert result.message.splitlines()[:2] == list(MARS_ERROR)
+    assert (server.logs, server.deleted) == ({}, [mars_environ["request_id"]])
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+async def test_killed_mars_logs_are_fetched_on_every_attempt(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(http_status=500, log_lines=MARS_ERROR))
+    second = factory(MarsScript(output_size=2000, log_lines=("mars - INFO - fine",)))
+    result = await run(
+        plan([first.url, second.url], same_host_retries=1), mars_environ, mars_target
+    )
+    assert result.ok, result.error
+    assert classes(result) == ["mars_killed", "mars_killed", None]
+    rid = mars_environ["request_id"]
+    assert (first.logs, first.deleted) == ({}, [rid, rid])
+    assert (second.logs, second.deleted) == ({}, [rid])
+    # The failed attempts' logs and what became of them stay in the message.
+    lines = result.message.splitlines()
+    assert lines.count("mars - ERROR - Disk quota exceeded on the cache") == 2
+    warnings = [line for line in lines if line.startswith("marsconn - WARNING - MARS was killed")]
+    assert len(warnings) == 2
+    assert lines[-1] == "mars - INFO - fine"
+    assert "MARS's error lines" in str(result.attempts[0].error)
+    assert content(mars_target) == expected(2000)
+
+
+async def test_broken_transfer_fetches_the_log_when_the_server_still_answers(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    first = factory(MarsScript(output_size=300_000, die_after_bytes=100_000, log_lines=MARS_ERROR))
+    second = factory(MarsScript(output_size=300_000))
+    result = await run(plan([first.url, second.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert classes(result) == ["transfer_broken", None]
+    assert (first.logs, first.deleted) == ({}, [mars_environ["request_id"]])
+    assert "mars - ERROR - Disk quota exceeded on the cache" in result.message
+    assert content(mars_target) == expected(300_000)
+
+
+async def test_error_lines_in_the_error_text_are_bounded(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    log = [f"mars - ERROR - problem {i} " + "x" * 400 for i in range(25)]
+    server = factory(MarsScript(returncode=1, log_lines=log))
+    result = await run(plan([server.url]), mars_environ, mars_target)
+    text = str(result.error)
+    quoted = text.split("MARS's error lines:\n", 1)[1].splitlines()
+    assert len(quoted) == 11
+    assert quoted[0] == "  " + log[0][:300] + "..."
+    assert quoted[9].startswith("  mars - ERROR - problem 9 ")
+    assert quoted[10] == "  ... and 15 more in Result.message"
+    assert all(line in result.message.splitlines() for line in log)
+
+
+async def test_a_handler_raising_on_the_log_of_a_rejection_still_deletes_it(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(returncode=1, log_lines=MARS_ERROR))
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        raise RuntimeError(f"handler refuses {line!r}")
+
+    result = await run(plan([server.url]), mars_environ, mars_target, log_handler=handler)
+    assert isinstance(result.error, LogHandlerError)
+    assert "handler refuses 'mars - INFO - starting'" in str(result.error)
+    assert classes(result) == ["log_handler_error"]
+    assert (server.logs, server.deleted) == ({}, [mars_environ["request_id"]])
+
+
+async def test_a_handler_raising_on_a_rejection_body_deletes_the_log_without_reading_it(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    body = b'{"exited": 5, "log": "mars - ERROR - bad param"}'
+    uid = mars_environ["request_id"].encode()
+    answer = (
+        b"HTTP/1.1 400 Bad Request\r\nX-MARS-UID: %s\r\nX-MARS-EXIT-CODE: 5\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (uid, len(body), body)
+    )
+
+    def handler(line: str, job: Any, logger: Any) -> str:
+        raise RuntimeError(line)
+
+    deleted = b"HTTP/1.1 204 No Content\r\n\r\n"
+    async with canned_server(answer, log_answer=deleted) as (url, seen):
+        result = await run(plan([url]), mars_environ, mars_target, log_handler=handler)
+    assert isinstance(result.error, LogHandlerError)
+    assert [line.split()[:2] for line in seen] == [
+        [b"HEAD", b"/"],
+        [b"POST", b"/"],
+        [b"DELETE", b"/" + uid],
+    ]
+
+
+async def test_read_timeout_does_not_wait_for_the_log_and_says_so(
+    mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    async with canned_server(OK_HEAD + b"3\r\nabc\r\n", hang=True) as (url, seen):
+        result = await run(plan([url], read_timeout=0.3), mars_environ, mars_target)
+    assert classes(result) == ["read_timeout"]
+    assert f"MARS's log {'0' * 36} was not fetched from {url}" in result.message
+    assert [line.split()[0] for line in seen] == [b"HEAD", b"POST"]
+
+
+async def test_mars_writing_nothing_is_no_data(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    # The real server answers nothing when MARS exits 0 without writing a byte;
+    # MARS's log, under the request id, shows that MARS did run.
+    first = factory(MarsScript(write_file=False, log_lines=MARS_ERROR))
+    second = factory()
+    result = await run(plan([first.url, second.url], max_retries=2), mars_environ, mars_target)
+    assert isinstance(result.error, NoDataError)
+    assert classes(result) == ["no_data"]
+    assert "closed the connection without answering the job" in str(result.error)
+    assert "mars - ERROR - Disk quota exceeded on the cache" in str(result.error)
+    assert second.posts == []
+    # The POST went on the ping's kept-alive connection; a connection closed without
+    # a byte of answer gets the request once more on a new one (see docs/pipe-mode.md).
+    assert [p.outcome for p in first.posts] == ["no_answer", "no_answer"]
+    assert (first.logs, first.deleted) == ({}, [mars_environ["request_id"]])
+    assert content(mars_target) is None
+    assert leftovers(mars_target) == []
+
+
+async def test_no_answer_and_no_log_is_a_broken_server(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    second = factory(MarsScript(output_size=500))
+    async with canned_server(b"") as (url, seen):  # closes after each POST; GET: 404
+        result = await run(plan([url, second.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert classes(result) == ["transfer_broken", None]
+    rid = mars_environ["request_id"].encode()
+    assert [line.split()[:2] for line in seen] == [
+        [b"HEAD", b"/"],
+        [b"POST", b"/"],
+        [b"POST", b"/"],  # once more on a new connection, as for any silent close
+        [b"GET", b"/" + rid],
+    ]
+    assert f"could not fetch the MARS log from {url}: HTTP 404" in result.message
+    assert content(mars_target) == expected(500)
+
+
+async def test_kill_through_send_from_a_cads_mars_server_style_handler(
+    factory: Factory, mars_environ: dict[str, str], mars_target: Path
+) -> None:
+    server = factory(MarsScript(output_size=1000, log_lines=MARS_ERROR))
+
+    async def handler(line: str, ws: Any, logger: Any) -> str | None:
+        if "ERROR" in line:
+            await ws.send(json.dumps({"cmd": "kill"}))
+        return line
+
+    result = await run(
+        plan([server.url]), mars_environ, mars_target, requests=REQUESTS, log_handler=handler
+    )
+    assert isinstance(result.error, JobKilledError)
+    assert classes(result) == ["killed"]
+    assert len(server.posts) == 1
+    assert server.logs == {}
+    assert content(mars_target) is None
+
+
+# --- what the real servers accept ------------------------------------------------------------
+
+
+async def test_none_values_and_a_generated_request_id(factory: Factory, mars_target: Path) -> None:
+    server = factory(MarsScript(output_size=900))
+    environ = {"request_id": None, "user_id": None, "namespace": None, "host": None}
+    environ["username"] = "NO-OSPROJECT:NO-NAMESPACE:None"  # what the adaptor builds
+    result = await run(plan([server.url]), environ, mars_target)
+    assert result.ok, result.error
+    (post,) = server.posts
+    rid = post.environ["request_id"]
+    assert uuid.UUID(rid).version == 4
+    assert post.environ == {**environ, "request_id": rid}
+    assert result.request_id == rid == post.uid
+    assert (server.logs, server.deleted) == ({}, [rid])
+
+
+async def test_relative_target_is_written_under_the_working_directory(
+    factory: Factory,
+    mars_environ: dict[str, str],
+    mars_target: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = factory(MarsScript(output_size=1500))
+    monkeypatch.chdir(mars_target.parent)
+    result = await run(plan([server.url]), mars_environ, Path("data.grib"))
+    assert result.ok, result.error
+    assert result.target == str(mars_target)
+    assert content(mars_target) == expected(1500)
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -1035,10 +1354,15 @@ async def test_write_failure_is_final(
 async def test_target_that_cannot_be_replaced_is_final(
     factory: Factory, mars_environ: dict[str, str], mars_target: Path
 ) -> None:
-    make_dir(mars_target)  # a directory where the file should go
-    server = factory(MarsScript(output_size=1000))
+    def make_the_target_a_directory(requests: list[dict[str, Any]]) -> MarsScript:
+        # While the job runs, after the pre-flight checks.
+        make_dir(mars_target)
+        return MarsScript(output_size=1000)
+
+    server = factory(make_the_target_a_directory)
     result = await run(plan([server.url]), mars_environ, mars_target)
     assert isinstance(result.error, marsconn.TargetError)
+    assert result.error_kind is ErrorKind.SYSTEM
     assert classes(result) == ["target_error"]
     assert is_dir(mars_target)
     assert leftovers(mars_target) == []

@@ -7,8 +7,13 @@ behaviour taken from a :class:`~marsconn.testing._script.MarsScript`:
 * ``HEAD /`` answers 204 (the ping);
 * ``POST /`` runs the scripted job: either a failure status before any data,
   or 200 with ``X-MARS-UID`` and a chunked body whose chunk boundaries carry
-  the ``RWND`` / ``ENDR`` / ``EROR`` markers;
-* ``GET /<uid>`` returns the job's log, ``DELETE /<uid>`` removes it.
+  the ``RWND`` / ``ENDR`` / ``EROR`` markers; like the real server, the uid
+  is the environ's ``request_id`` (a fresh uuid4 when it is None or absent),
+  a MARS failure before any data (400, or 500 when killed) carries it too,
+  and a MARS that exits 0 having written nothing gets no answer at all;
+* ``GET /<uid>`` returns the job's log, ``DELETE /<uid>`` removes it (204
+  for any uid of the server's form, as the real server answers); a uid not
+  of that form, or (for ``GET``) without a log, is 404.
 
 HTTP is parsed by hand on asyncio streams rather than with a framework so
 that every byte on the wire, chunk boundaries included, is under the
@@ -39,9 +44,9 @@ __all__ = ["PipeMarsServer", "PostOutcome", "PostRecord"]
 
 #: How a ``POST /`` ended: the whole body with ``ENDR`` (or cleanly without it
 #: when the script says ``omit_endr``), an ``EROR`` trailer, a connection
-#: that ended mid-body (scripted or because the client left), or a non-200
-#: answer.
-PostOutcome = Literal["complete", "error", "dropped", "rejected"]
+#: that ended mid-body (scripted or because the client left), a non-200
+#: answer, or no answer at all (MARS wrote nothing: ``write_file=False``).
+PostOutcome = Literal["complete", "error", "dropped", "rejected", "no_answer"]
 
 _UID_RE = re.compile(r"[a-f0-9-]{36}")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -128,7 +133,12 @@ class PipeMarsServer(ServerLifecycle):
     * ``run_time``: delay before the status line (success or failure);
     * ``http_status`` (or a non-zero ``returncode`` alone, as 400): fail
       before any data, with ``retry_same_host`` / ``retry_next_host`` as
-      headers;
+      headers; a 400 (MARS exited) or 500 (MARS killed) carries
+      ``X-MARS-UID`` and keeps the log for ``GET``/``DELETE``, as the real
+      server does, other statuses (what a proxy in front might answer) do not;
+    * ``write_file=False``: MARS exits 0 having written nothing; the real
+      server then sends no answer at all and closes the connection, and so
+      does this one (the log is kept);
     * otherwise 200, and ``output_size`` bytes of :func:`expected_data` in
       ``chunk_size`` chunks, ``line_delay`` seconds apart, then ``ENDR``
       (unless ``omit_endr``) and the terminating chunk;
@@ -300,7 +310,8 @@ class PipeMarsServer(ServerLifecycle):
             )
             return True
         uid = segment
-        if _UID_RE.fullmatch(uid) is None or uid not in self.logs:
+        known = _UID_RE.fullmatch(uid) is not None
+        if not known or (request.method == "GET" and uid not in self.logs):
             await _send_simple(
                 writer, 404, b"unknown uid\n", "text/plain; charset=utf-8", close=close
             )
@@ -310,8 +321,9 @@ class PipeMarsServer(ServerLifecycle):
                 writer, 200, self.logs[uid].encode(), "text/plain; charset=utf-8", close=close
             )
             return True
-        del self.logs[uid]
-        self.deleted.append(uid)
+        # Like the real server: 204 whether or not there was a log to remove.
+        if self.logs.pop(uid, None) is not None:
+            self.deleted.append(uid)
         await _send_simple(writer, 204, b"", None, close=close)
         return True
 
@@ -349,17 +361,30 @@ class PipeMarsServer(ServerLifecycle):
         if script.run_time > 0:
             await asyncio.sleep(script.run_time)
 
+        # The real server names MARS's log (and answers X-MARS-UID) after the request id.
+        given = environ.get("request_id")
+        uid = str(uuid.uuid4()) if given is None else str(given)
         status = _failure_status(script)
         if status is not None:
             record.status = status
             record.outcome = "rejected"
-            await _send_failure(writer, status, script, close=close)
+            if status in (400, 500):
+                # MARS ran and failed: its log stays for GET/DELETE.
+                record.uid = uid
+                self.logs[uid] = script.log_text()
+                await _send_failure(writer, status, script, uid, close=close)
+            else:
+                await _send_failure(writer, status, script, None, close=close)
             return True
 
-        uid = str(uuid.uuid4())
         record.uid = uid
-        record.status = 200
         self.logs[uid] = script.log_text()
+        if not script.write_file:
+            # MARS exited 0 without writing a byte: the real server answers
+            # nothing and closes the connection.
+            record.outcome = "no_answer"
+            return False
+        record.status = 200
         headers = [
             ("X-MARS-UID", uid),
             ("Content-Type", "application/octet-stream"),
@@ -543,9 +568,14 @@ async def _send_json(
 
 
 async def _send_failure(
-    writer: asyncio.StreamWriter, status: int, script: MarsScript, *, close: bool
+    writer: asyncio.StreamWriter,
+    status: int,
+    script: MarsScript,
+    uid: str | None,
+    *,
+    close: bool,
 ) -> None:
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[str, str]] = [] if uid is None else [("X-MARS-UID", uid)]
     payload: dict[str, Any]
     if status == 400:
         payload = {"exited": script.returncode}

@@ -13,6 +13,7 @@ import json
 import re
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ from marsconn.testing._script import MarsScript, expected_data
 
 UID_RE = re.compile(r"[a-f0-9-]{36}")
 MARKERS = (b"RWND", b"ENDR", b"EROR")
-JOB = {"request": {"class": "ea", "param": "2t"}, "environ": {"request_id": "r-1"}}
+RID = "0b5a1d2e-3c4f-4a6b-8c7d-9e0f1a2b3c4d"
+JOB = {"request": {"class": "ea", "param": "2t"}, "environ": {"request_id": RID}}
 
 
 @dataclass
@@ -155,7 +157,7 @@ async def test_post_streams_data_then_endr(server: PipeMarsServer, client: Clien
 
     assert response.status == 200
     uid = response.headers["x-mars-uid"]
-    assert UID_RE.fullmatch(uid)
+    assert uid == RID  # the real server names the log after the request id
     assert response.headers["content-type"] == "application/octet-stream"
     assert response.complete
     assert response.chunks[-1] == b"ENDR"
@@ -261,7 +263,11 @@ async def test_omit_endr_ends_cleanly_without_marker(
 
 async def test_400_mars_exited(server: PipeMarsServer, client: Client) -> None:
     server.script = MarsScript(
-        http_status=400, returncode=3, retry_same_host=False, retry_next_host=True
+        http_status=400,
+        returncode=3,
+        retry_same_host=False,
+        retry_next_host=True,
+        log_lines=("mars - ERROR - Unknown parameter foo",),
     )
     response = await client.post()
 
@@ -270,10 +276,16 @@ async def test_400_mars_exited(server: PipeMarsServer, client: Client) -> None:
     assert response.headers["x-mars-exit-code"] == "3"
     assert response.headers["x-mars-retry-same-host"] == "0"
     assert response.headers["x-mars-retry-next-host"] == "1"
-    assert "x-mars-uid" not in response.headers
+    # As the real server: the rejection names MARS's log, which stays for GET/DELETE.
+    assert response.headers["x-mars-uid"] == RID
     [record] = server.posts
-    assert (record.uid, record.status, record.outcome) == (None, 400, "rejected")
-    assert server.logs == {}
+    assert (record.uid, record.status, record.outcome) == (RID, 400, "rejected")
+    assert server.logs == {RID: "mars - ERROR - Unknown parameter foo\n"}
+    await client.send("GET", f"/{RID}")
+    assert (await client.response()).body == b"mars - ERROR - Unknown parameter foo\n"
+    await client.send("DELETE", f"/{RID}")
+    assert (await client.response()).status == 204
+    assert (server.logs, server.deleted) == ({}, [RID])
 
 
 async def test_nonzero_returncode_alone_means_400(server: PipeMarsServer, client: Client) -> None:
@@ -291,6 +303,8 @@ async def test_500_mars_killed(server: PipeMarsServer, client: Client) -> None:
     assert response.status == 500
     assert response.json() == {"killed": 9}
     assert response.headers["x-mars-signal"] == "9"
+    assert response.headers["x-mars-uid"] == RID
+    assert RID in server.logs
     assert response.headers["x-mars-retry-same-host"] == "1"
     assert "x-mars-retry-next-host" not in response.headers
     assert "x-mars-exit-code" not in response.headers
@@ -306,6 +320,9 @@ async def test_other_failure_statuses(server: PipeMarsServer, client: Client, st
     assert response.headers["x-mars-retry-next-host"] == "0"
     assert "x-mars-signal" not in response.headers
     assert "x-mars-exit-code" not in response.headers
+    # What a proxy in front might answer: MARS never ran, there is no log.
+    assert "x-mars-uid" not in response.headers
+    assert server.logs == {}
     assert server.posts[0].outcome == "rejected"
 
 
@@ -326,8 +343,46 @@ async def test_log_get_delete_get(server: PipeMarsServer, client: Client) -> Non
 
     await client.send("GET", f"/{uid}")
     assert (await client.response()).status == 404
+    # Like the real server: DELETE of a well-formed uid is 204, log or not.
     await client.send("DELETE", f"/{uid}")
-    assert (await client.response()).status == 404
+    assert (await client.response()).status == 204
+    assert server.deleted == [uid]
+
+
+async def test_uid_is_a_fresh_uuid4_without_a_request_id(server: PipeMarsServer) -> None:
+    conn = await Client.connect(server)
+    absent = await conn.post({"request": {"param": "2t"}, "environ": {}})
+    null = await conn.post({"request": {"param": "2t"}, "environ": {"request_id": None}})
+    await conn.close()
+    uids = [absent.headers["x-mars-uid"], null.headers["x-mars-uid"]]
+    for uid in uids:
+        assert UID_RE.fullmatch(uid)
+        assert uuid.UUID(uid).version == 4
+    assert uids[0] != uids[1]
+    assert set(server.logs) == set(uids)
+
+
+async def test_a_request_id_not_of_the_uuid_form_leaves_its_log_unreachable(
+    server: PipeMarsServer, client: Client
+) -> None:
+    # The real server names the log after any request id but serves only uuid-shaped ones.
+    response = await client.post({"request": {"param": "2t"}, "environ": {"request_id": "r-1"}})
+    assert response.headers["x-mars-uid"] == "r-1"
+    for method in ("GET", "DELETE"):
+        await client.send(method, "/r-1")
+        assert (await client.response()).status == 404
+    assert set(server.logs) == {"r-1"}
+
+
+async def test_mars_writing_nothing_gets_no_answer_and_keeps_its_log(
+    server: PipeMarsServer, client: Client
+) -> None:
+    server.script = MarsScript(write_file=False, log_lines=("mars - INFO - nothing",))
+    await client.send("POST", "/", json.dumps(JOB).encode())
+    assert await client.reader.read() == b""  # closed without a byte
+    [record] = server.posts
+    assert (record.uid, record.status, record.outcome) == (RID, 0, "no_answer")
+    assert server.logs == {RID: "mars - INFO - nothing\n"}
 
 
 @pytest.mark.parametrize(
