@@ -58,7 +58,7 @@ SCRIPT = {
 
 
 ENVIRON = {
-    "request_id": "bench-failover",
+    "request_id": "00000000-0000-4000-8000-00000000bfa0",
     "user_id": "00000000-0000-4000-8000-000000000001",
     "namespace": "bench",
     "host": "bench-host",
@@ -70,7 +70,7 @@ async def timed_call(
     plan: marsconn.ConnectionPlan, target: Path, health: ServerHealth | None, n: int
 ) -> tuple[float, list[str | None]]:
     """Seconds for one successful retrieval, and the error class of each attempt."""
-    environ = dict(ENVIRON, request_id=f"bench-failover-{n}")
+    environ = dict(ENVIRON, request_id=f"00000000-0000-4000-8001-{n:012x}")
     started = time.perf_counter()
     result = await marsconn.execute_async(
         plan, {"param": "2t"}, environ, target, audit_logger=NullAuditLogger(), health=health

@@ -326,7 +326,7 @@ def websocket_pass(lines: int, seed: int, pin: bool) -> dict[str, Any]:
         url = server.url
         plan = ws_plan([url], client_filter_logs=True, log_keep_lines=2000)
         environ = {
-            "request_id": "bench-logs",
+            "request_id": "00000000-0000-4000-8000-00000000b106",
             "user_id": "00000000-0000-4000-8000-000000000001",
             "namespace": "bench",
             "host": "bench-host",

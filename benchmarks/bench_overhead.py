@@ -63,7 +63,7 @@ SCRIPT = {
 }
 REQUEST = {"class": "od", "param": "2t", "date": "20240101", "time": "1200"}
 ENVIRON = {
-    "request_id": "bench-overhead",
+    "request_id": "00000000-0000-4000-8000-00000000b000",
     "user_id": "00000000-0000-4000-8000-000000000001",
     "namespace": "bench",
     "host": "bench-host",
@@ -84,7 +84,7 @@ def marsconn_runner(plan: marsconn.ConnectionPlan, audit_logger: Any) -> JobRunn
     health = ServerHealth()
 
     async def run(i: int, target: Path) -> bool:
-        environ = dict(ENVIRON, request_id=f"bench-{i}")
+        environ = dict(ENVIRON, request_id=f"00000000-0000-4000-8000-{i:012x}")
         result = await marsconn.execute_async(
             plan, REQUEST, environ, target, audit_logger=audit_logger, health=health
         )
@@ -99,7 +99,7 @@ def minimal_runner(plan: marsconn.ConnectionPlan, urls: list[str]) -> JobRunner:
     timeouts = plan.timeouts
 
     async def run(i: int, target: Path) -> bool:
-        environ = dict(ENVIRON, request_id=f"bench-{i}")
+        environ = dict(ENVIRON, request_id=f"00000000-0000-4000-8000-{i:012x}")
         start = {"cmd": "start", "requests": [REQUEST], "environ": environ, "target": str(target)}
         returncode = None
         async with connect(

@@ -43,7 +43,7 @@ from typing import Any
 CHUNK = 1024 * 1024  # also the hashing block for --verify
 READ = 1024 * 1024
 ENVIRON = {
-    "request_id": "bench",
+    "request_id": "00000000-0000-4000-8000-00000000b0b0",
     "user_id": "00000000-0000-4000-8000-000000000001",
     "namespace": "bench",
     "host": "bench",

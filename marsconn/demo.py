@@ -38,7 +38,7 @@ _LOG = [
 _OUTPUT_SIZE = 256 * 1024
 _REQUEST = {"class": "ea", "date": "2026-11-01", "param": "167.128", "levtype": "sfc"}
 _ENVIRON = {
-    "request_id": "demo-0001",
+    "request_id": "00000000-0000-4000-8000-000000000d31",
     "user_id": "00000000-0000-4000-8000-00000000demo",
     "namespace": "demo",
     "host": "demo-worker",

@@ -604,6 +604,9 @@ def test_retrieve_websocket(
     assert len(job.environ["request_id"]) == 36
 
 
+FIXED_ID = "00000000-0000-4000-8000-0000000f1bed"  # a request id of the servers' form
+
+
 def test_retrieve_json_and_environ_file(
     capsys: pytest.CaptureFixture[str],
     mars_ws_server: WsMarsServer,
@@ -612,7 +615,7 @@ def test_retrieve_json_and_environ_file(
     tmp_path: Path,
 ) -> None:
     environ = tmp_path / "environ.json"
-    environ.write_text(json.dumps({"request_id": "fixed-id", "host": "adaptor-7"}))
+    environ.write_text(json.dumps({"request_id": FIXED_ID, "host": "adaptor-7"}))
     code, out, _ = run(
         capsys,
         "retrieve",
@@ -632,7 +635,7 @@ def test_retrieve_json_and_environ_file(
     assert data["bytes"] == 1024
     assert data["server"] == mars_ws_server.url
     assert data["mode"] == "websocket"
-    assert mars_ws_server.jobs[0].environ["request_id"] == "fixed-id"
+    assert mars_ws_server.jobs[0].environ["request_id"] == FIXED_ID
     assert mars_ws_server.jobs[0].environ["host"] == "adaptor-7"
 
 

@@ -394,7 +394,7 @@ async def test_stale_file_never_counts_as_success(
     ("change", "message"),
     [
         ({"drop": "username"}, "environ lacks username"),
-        ({"target": "relative/data.grib"}, "not an absolute path"),
+        ({"target": "relative-no-such-dir/data.grib"}, "relative-no-such-dir' does not exist"),
         ({"target": "/nonexistent-dir-for-marsconn/data.grib"}, "does not exist"),
     ],
 )
@@ -425,10 +425,11 @@ async def test_log_lines_reach_logger_and_message_is_bounded(
         )
     assert result.ok
     kept = result.message.splitlines()
-    assert len(kept) == 51
-    assert kept[0] == "mars - ERROR - something broke early"
+    assert len(kept) == 51  # the first 25 raw lines, a note, the last 25
+    assert kept[10] == "mars - ERROR - something broke early"
+    assert kept[25].startswith("[marsconn: 451 log lines dropped here")
     assert kept[-1] == "mars - INFO - Transfering 499 bytes"
-    assert result.dropped_log_lines == 450
+    assert result.dropped_log_lines == 451
     assert len(caplog.records) == 501
     assert [r.levelname for r in caplog.records][10] == "ERROR"
 
@@ -441,8 +442,14 @@ async def test_handler_reformats_and_suppresses(
     def handler(line: str, job: marsconn.Job, logger: Any) -> str | None:
         return None if line.startswith("drop") else line.upper()
 
-    result = await run(ws_plan([server.url]), mars_environ, mars_target, log_handler=handler)
-    assert result.message.splitlines() == ["KEEP 1%", "KEEP 3%"]
+    shown: list[str] = []
+    logger = type("L", (), {"info": lambda self, m: shown.append(m)})()
+    result = await run(
+        ws_plan([server.url]), mars_environ, mars_target, log_handler=handler, logger=logger
+    )
+    assert shown == ["KEEP 1%", "KEEP 3%"]
+    # Result.message keeps the raw lines: the handler decides only what is shown.
+    assert result.message.splitlines() == ["keep 1%", "drop 2%", "keep 3%"]
 
 
 # --- failover order and health ----------------------------------------------------------------
@@ -538,7 +545,7 @@ def test_sync_execute_from_plain_code_and_threads(
     def worker(i: int) -> None:
         d = tmp_path / f"t{i}"
         d.mkdir()
-        env = dict(mars_environ, request_id=f"r{i}")
+        env = dict(mars_environ, request_id=f"00000000-0000-4000-8000-{i:012x}")
         results[i] = marsconn.execute(plan, {"i": i}, env, d / "data.grib", health=ServerHealth())
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
@@ -586,8 +593,8 @@ def test_ctrl_c_kills_the_job(tmp_path: Path) -> None:
                     threading.Event().wait(0.02)
                 os.kill(os.getpid(), signal.SIGINT)
             threading.Thread(target=interrupt, daemon=True).start()
-            environ = dict(request_id="r", user_id="u-1", namespace="n", host="h",
-                           username="n:1")
+            environ = dict(request_id="00000000-0000-4000-8000-000000000001",
+                           user_id="u-1", namespace="n", host="h", username="n:1")
             try:
                 marsconn.execute(plan, {{}}, environ, target,
                                  audit_logger=plan and type("N", (), {{
