@@ -596,7 +596,12 @@ def test_retrieve_websocket(
     assert "mars - INFO - Retrieving 1 field" in err  # progress lines, not a terminal
     job = server.jobs[0]
     assert job.requests == [{"param": "2t", "date": "20260101"}]
-    assert job.target == str(job_target)
+    # The server is sent a private directory beside the target, gone once the job is done.
+    sent = Path(job.target)
+    assert sent.name == "data.grib"
+    assert sent.parent.parent == job_target.parent
+    assert sent.parent.name.startswith(f".marsconn-{job_target.name}.")
+    assert not sent.parent.exists()
     assert job.environ["user_id"] == "0000-abcd-ef12"
     assert job.environ["namespace"] == "cads"
     assert job.environ["username"] == "cads:ef12"
