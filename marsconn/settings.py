@@ -436,7 +436,11 @@ class MarsSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """For plain ``MarsSettings()``: init kwargs, process environment, YAML file."""
+        """For plain ``MarsSettings()``: init kwargs, process environment, YAML file.
+
+        A ``MARS_CONFIG_FILE`` naming a file that does not exist is ignored here, as
+        cads-mars-server ignores it; :func:`load_settings` also reports it as a warning.
+        """
         source_set, problems = _build_sources(
             settings_cls, env=os.environ, overrides=None, config=None, env_file=None
         )
