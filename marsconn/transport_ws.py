@@ -24,7 +24,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .attemptdir import DEFAULT_DIR_MODE, AttemptDir
+from .attemptdir import AttemptDir
 from .connecting import connect_failure
 from .endpoints import Endpoint
 from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError
@@ -87,9 +87,8 @@ class WebSocketTransport:
 
     async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
         """One attempt; see :class:`marsconn.executor.Transport`."""
-        mode = getattr(ctx.plan, "shares_dir_mode", DEFAULT_DIR_MODE)
         try:
-            place = AttemptDir.create(ctx.target, mode)
+            place = AttemptDir.create(ctx.target, ctx.plan.shares_dir_mode)
         except OSError as exc:
             return Outcome.failed(
                 Action.FINAL,
