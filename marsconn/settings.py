@@ -318,7 +318,8 @@ class MarsSettings(BaseSettings):
     )
     log_keep_lines: int = _setting(
         2000,
-        "Most log lines kept in Result.message (errors are always kept).",
+        "Most raw log lines kept in Result.message: over it, lines are dropped from the middle "
+        "(error lines there are kept too).",
         env="MARS_LOG_KEEP_LINES",
         yaml_key="log_keep_lines",
         accepted="a whole number, 0 or more",
