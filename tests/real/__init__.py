@@ -1,0 +1,1 @@
+"""Tests against the real cads-mars-server, with a stand-in MARS."""
