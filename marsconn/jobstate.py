@@ -8,6 +8,7 @@ tests drive it with plain strings.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -159,6 +160,8 @@ class WsJobMachine:
     def _finished(self, returncode: Any) -> Outcome:
         if isinstance(returncode, bool) or not isinstance(returncode, int):
             return self._violation(f"'finished' with a non-integer returncode {returncode!r}")
+        if returncode < 0:
+            return self._end(self._signalled(-returncode))
         if returncode != 0:
             # MARS itself rejected the request: any server would say the same.
             return self._end(
@@ -175,6 +178,20 @@ class WsJobMachine:
                 )
             )
         return self._end(Outcome.success(0, self.job_id))
+
+    def _signalled(self, signum: int) -> Outcome:
+        # The server reports a MARS killed by a signal as a negative returncode. As the pipe
+        # server decides: stopped by its host (hang-up, terminate, quit) another server may
+        # run it; killed outright (SIGKILL: an operator, the OOM killer) or crashed, final.
+        name = _signal_name(signum)
+        elsewhere = signum in _RETRY_ELSEWHERE_SIGNALS
+        then = "trying the next server" if elsewhere else "not retried elsewhere"
+        return Outcome.failed(
+            Action.NEXT_SERVER if elsewhere else Action.FINAL,
+            "mars_killed",
+            JobKilledError(f"MARS was killed by signal {name} on {self.server}; {then}"),
+            job_id=self.job_id,
+        )
 
     def _violation(self, text: str) -> Outcome:
         # A server speaking nonsense is a broken server: another one may be fine.
@@ -247,6 +264,16 @@ class WsJobMachine:
             line = msg.get("line")
             return LogLine(line if isinstance(line, str) else str(line))
         return None
+
+
+_RETRY_ELSEWHERE_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT})
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return f"{signum} ({signal.Signals(signum).name})"
+    except (ValueError, OverflowError):
+        return str(signum)
 
 
 def _preview(data: str | bytes, limit: int = 80) -> str:

@@ -272,6 +272,25 @@ async def test_mars_rejection_is_final_and_never_repeated(
     assert not mars_target.exists()
 
 
+async def test_mars_stopped_by_its_host_moves_on_but_sigkill_is_final(
+    mars_ws_server_factory: Factory, ws_plan, mars_environ, mars_target
+) -> None:
+    terminated = mars_ws_server_factory(MarsScript(returncode=-15))
+    good = mars_ws_server_factory(MarsScript(seed=9))
+    result = await run(ws_plan([terminated.url, good.url]), mars_environ, mars_target)
+    assert result.ok, result.error
+    assert classes(result) == ["mars_killed", None]
+    assert mars_target.read_bytes() == expected_data(1024, seed=9)
+
+    killed = mars_ws_server_factory(MarsScript(returncode=-9))
+    other = mars_ws_server_factory()
+    result = await run(ws_plan([killed.url, other.url]), mars_environ, mars_target)
+    assert isinstance(result.error, JobKilledError)
+    assert result.error_kind is ErrorKind.RUNTIME
+    assert classes(result) == ["mars_killed"]
+    assert other.jobs == []
+
+
 async def test_kill_from_log_handler_is_final(
     mars_ws_server_factory: Factory, ws_plan, mars_environ, mars_target
 ) -> None:

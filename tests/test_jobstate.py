@@ -208,8 +208,16 @@ def test_finished_nonzero_returncode_is_final_mars_rejected(phase: str) -> None:
     assert machine.phase is JobPhase.DONE
 
 
-@given(st.integers().filter(lambda n: n != 0))
-def test_any_nonzero_returncode_is_final_mars_rejected(returncode: int) -> None:
+@given(st.integers(max_value=-1))
+def test_any_negative_returncode_is_a_killed_mars(returncode: int) -> None:
+    outcome = running().receive(msg(type="state", status="finished", returncode=returncode))
+    assert isinstance(outcome, Outcome)
+    assert outcome.error_class == "mars_killed"
+    assert isinstance(outcome.error, JobKilledError)
+
+
+@given(st.integers(min_value=1))
+def test_any_positive_returncode_is_final_mars_rejected(returncode: int) -> None:
     machine = running()
     outcome = machine.receive(msg(type="state", status="finished", returncode=returncode))
     assert isinstance(outcome, Outcome)
@@ -475,3 +483,31 @@ def test_classification_table(
     assert outcome.action.value == action
     assert outcome.error_class == error_class
     assert outcome.eject is eject
+
+
+@pytest.mark.parametrize(
+    ("returncode", "action", "text"),
+    [
+        (-15, Action.NEXT_SERVER, "signal 15 (SIGTERM) on s1; trying the next server"),
+        (-1, Action.NEXT_SERVER, "signal 1 (SIGHUP)"),
+        (-3, Action.NEXT_SERVER, "signal 3 (SIGQUIT)"),
+        (-9, Action.FINAL, "signal 9 (SIGKILL) on s1; not retried elsewhere"),
+        (-11, Action.FINAL, "signal 11 (SIGSEGV)"),
+        (-200, Action.FINAL, "signal 200 on s1"),
+    ],
+)
+def test_negative_returncode_is_a_signal_not_a_rejection(
+    returncode: int, action: Action, text: str
+) -> None:
+    machine = WsJobMachine("s1")
+    machine.receive(json.dumps({"type": "state", "status": "started", "job_id": "j"}))
+    outcome = machine.receive(
+        json.dumps({"type": "state", "status": "finished", "returncode": returncode})
+    )
+    assert isinstance(outcome, Outcome)
+    assert outcome.action is action
+    assert outcome.error_class == "mars_killed"
+    assert isinstance(outcome.error, JobKilledError)
+    assert text in str(outcome.error)
+    assert machine.server_done
+    assert machine.finished

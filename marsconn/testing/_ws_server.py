@@ -17,6 +17,7 @@ import http
 import json
 import logging
 import os
+import signal
 import ssl as ssl_module
 import tempfile
 import threading
@@ -369,6 +370,18 @@ class WsMarsServer(ServerLifecycle):
             await _wait_quietly(task)
         _unlink(job.request_file, job.sent_target)
         await self._send(ws, {"type": "state", "status": "killed", "job_id": job.record.job_id})
+        # As the real server: MARS, sent SIGTERM, then ends, reported like any exit.
+        job.record.returncode = -signal.SIGTERM
+        await self._send(
+            ws,
+            {
+                "type": "state",
+                "status": "finished",
+                "returncode": -signal.SIGTERM,
+                "job_id": job.record.job_id,
+            },
+        )
+        await ws.close()
 
     def _accept_start(self, payload: dict[str, Any]) -> _Job:
         for key in ("requests", "environ", "target"):

@@ -352,11 +352,12 @@ async def test_kill(make_server: Any, root: Path, output: Path) -> None:
         assert await exists(output.parent / f"{job_id}.mars")
         await ws.send(json.dumps({"cmd": "kill"}))
         assert await recv_state(ws) == {"type": "state", "status": "killed", "job_id": job_id}
-        # As the real server: the connection stays open after a kill, the client closes it.
-        await ws.send(json.dumps({"cmd": "kill"}))
-        assert_error(await recv(ws), "No running job")
+        # As the real server: MARS ends on SIGTERM, reported as a negative returncode.
+        finished = {"type": "state", "status": "finished", "returncode": -15, "job_id": job_id}
+        assert await recv_state(ws) == finished
+        assert not of_type(await recv_all(ws), "state")
     assert server.jobs[0].outcome == "killed"
-    assert server.jobs[0].returncode is None
+    assert server.jobs[0].returncode == -15
     assert not await exists(output)
     # The real server deletes the request file and the target path it was sent.
     assert sorted(p.name for p in output.parent.iterdir()) == []
