@@ -31,7 +31,7 @@ from ._plans import (
     settle,
     wait_started,
 )
-from .conftest import RealServer, Standin
+from .peers import RealServer, Standin
 
 pytestmark = pytest.mark.real
 

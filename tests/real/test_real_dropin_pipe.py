@@ -18,7 +18,7 @@ import marsconn
 from marsconn.testing import expected_data
 
 from ._plans import assert_only, fake, make_environ, pipe_plan_real
-from .conftest import RealServer, Standin
+from .peers import RealServer, Standin
 
 pytestmark = pytest.mark.real
 

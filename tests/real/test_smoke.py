@@ -18,7 +18,7 @@ from ._plans import (
     pipe_plan_real,
     ws_plan_real,
 )
-from .conftest import RealServer, Standin
+from .peers import RealServer, Standin
 
 pytestmark = pytest.mark.real
 

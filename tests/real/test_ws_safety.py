@@ -37,7 +37,7 @@ from ._plans import (
     wait_started,
     ws_plan_real,
 )
-from .conftest import HERE, PROJECT_ROOT, RealServer, Standin
+from .peers import HERE, PROJECT_ROOT, RealServer, Standin
 
 pytestmark = pytest.mark.real
 
