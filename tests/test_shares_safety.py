@@ -121,7 +121,8 @@ async def test_concurrent_jobs_in_one_directory_keep_their_own_bytes(
 ) -> None:
     def by_seed(requests: list[dict[str, Any]]) -> MarsScript:
         seed = int(requests[0]["seed"])
-        return MarsScript(output_size=100_000 + seed, seed=seed, run_time=0.1 * seed)
+        # Same timing for all three: they run side by side and end together.
+        return MarsScript(output_size=100_000 + seed, seed=seed, run_time=0.3)
 
     server = mars_ws_server_factory(by_seed)
     plan = ws_plan([server.url])

@@ -456,10 +456,13 @@ class WsMarsServer(ServerLifecycle):
             await asyncio.sleep(script.run_time)
         if script.returncode == 0 and script.write_file:
             if script.file_delay > 0:
-                # The real server fsyncs only after replying: the file shows up late.
+                # The real server fsyncs only after replying: on a shared filesystem the
+                # file shows up late (here: whole, at once).
                 self._spawn(self._write_later(job))
             else:
-                await _uncancellable_thread(_write_output, job.workdir, script)
+                # MARS writes its target in place, as it goes: two jobs sent the same
+                # directory write into the same data.grib.
+                await _uncancellable_thread(_write_in_place, job.workdir, script)
         job.lines.put_nowait(_DONE)
 
     async def _stream(self, ws: ServerConnection, job: _Job) -> None:
@@ -623,6 +626,16 @@ def _write_output(workdir: Path, script: MarsScript) -> None:
         _write_atomic(workdir / _OUTPUT_NAME, script.data())
     except FileNotFoundError:
         # The directory is gone (the client removed it): MARS would fail to open its target.
+        _log.info("%s vanished before MARS wrote %s", workdir, _OUTPUT_NAME)
+
+
+def _write_in_place(workdir: Path, script: MarsScript) -> None:
+    try:
+        with open(workdir / _OUTPUT_NAME, "wb") as handle:
+            for chunk in script.data():
+                handle.write(chunk)
+                handle.flush()
+    except FileNotFoundError:
         _log.info("%s vanished before MARS wrote %s", workdir, _OUTPUT_NAME)
 
 
