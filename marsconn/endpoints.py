@@ -30,6 +30,7 @@ _WS_FOR = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _DEFAULT_PORT = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SPACE = re.compile(r"\s")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # The shape nearly every deployed server URL has: scheme://dns-name-or-ipv4[:port][/path],
 # no credentials, IPv6, query or fragment. Parsed without urlsplit, which costs
 # several times more; anything else takes the general path.
@@ -37,7 +38,12 @@ _SIMPLE = re.compile(
     r"(?P<scheme>[A-Za-z]+)://(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
     r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~/%!$&'()*+,;=:-]*)?"
 )
-_TOKEN = re.compile(r"[^\s,]+")
+# Redaction's patterns are compiled on first use (re caches them): most processes never
+# redact anything, and compiling costs ~0.1 ms each at import.
+_TOKEN = r"[^\s,]+"
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+# A URL in free text: from its scheme to the next white space or quote.
+_URL_IN_TEXT = r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*"
 ACCEPTED_URL = "http(s)://host[:port][/path], ws(s)://host[:port][/path], host or host:port"
 
 
@@ -51,7 +57,8 @@ class ServerURL:
 
     ``host`` is stored without IPv6 brackets; ``port`` is None when the URL
     names none; ``path`` keeps any query string. ``userinfo`` is kept so that
-    a connection can use it, but :meth:`display` never shows it.
+    a connection can use it, but :meth:`display` never shows it, nor the
+    values of the query string (which may hold tokens).
     """
 
     scheme: str
@@ -65,18 +72,32 @@ class ServerURL:
         """The host as written in a URL: IPv6 literals in brackets."""
         return f"[{self.host}]" if ":" in self.host else self.host
 
-    def _render(self, userinfo: str | None) -> str:
+    def _render(self, userinfo: str | None, path: str) -> str:
         auth = f"{userinfo}@" if userinfo is not None else ""
         port = f":{self.port}" if self.port is not None else ""
-        return f"{self.scheme}://{auth}{self.netloc_host}{port}{self.path}"
+        return f"{self.scheme}://{auth}{self.netloc_host}{port}{path}"
 
     def secret(self) -> str:
         """The full URL, credentials included, for making the connection."""
-        return self._render(self.userinfo)
+        return self._render(self.userinfo, self.path)
 
     def display(self) -> str:
-        """The URL for people and logs: credentials replaced by ``***``."""
-        return self._render("***" if self.userinfo is not None else None)
+        """The URL for people and logs: credentials and query values replaced by ``***``."""
+        path = self.path if "?" not in self.path else _redact_query(self.path)
+        return self._render("***" if self.userinfo is not None else None, path)
+
+    @property
+    def has_redacted_secret(self) -> bool:
+        """Whether this URL came from a display form, ``***`` standing for a secret."""
+        if self.userinfo == "***":
+            return True
+        query = self.path.partition("?")[2]
+        items = re.split("[&;]", query)
+        return any(item == "***" or item.partition("=")[2] == "***" for item in items)
+
+    def without_userinfo(self) -> ServerURL:
+        """The same URL without credentials (they travel in a header instead)."""
+        return ServerURL(self.scheme, self.host, self.port, self.path, None)
 
     @property
     def effective_port(self) -> int:
@@ -107,6 +128,8 @@ def parse_server_url(text: str) -> ServerURL:
         raise URLError("empty server URL")
     if _SPACE.search(raw):
         raise URLError("server URL contains white space")
+    if _CONTROL.search(raw):
+        raise URLError("server URL contains a control character")
     if not _HAS_SCHEME.match(raw):
         raw = "http://" + raw
     simple = _SIMPLE.fullmatch(raw)
@@ -114,9 +137,30 @@ def parse_server_url(text: str) -> ServerURL:
         scheme, host, port_text, path = simple.group("scheme", "host", "port", "path")
         port = int(port_text) if port_text is not None else None
         scheme = scheme.lower()
-        if scheme in _WS_FOR and (port is None or 1 <= port <= 65535):
+        # The pattern's labels are never empty; only their length remains to check.
+        if scheme in _WS_FOR and (port is None or 1 <= port <= 65535) and len(host) <= 63:
             return ServerURL(scheme, host.lower(), port, path or "")
     return _parse_general(raw)
+
+
+def _host_name_problem(host: str) -> str | None:
+    """Why ``host`` (not an IP literal in brackets) can never resolve, or None."""
+    if len(host) > 253:
+        return "is longer than 253 characters"
+    for label in host.removesuffix(".").split("."):
+        if not label:
+            return "has an empty label (two dots in a row, or a leading dot)"
+        if len(label) > 63:
+            return f"has a label longer than 63 characters ({label[:20]}...)"
+        bad = next((c for c in label if not (c.isalnum() or c in "-_")), None)
+        if bad == ",":
+            return (
+                "contains ',': write one URL per server (a comma-separated list is split into "
+                "servers only in mars_servers, MARS_WS_SERVERS and marsconn --server)"
+            )
+        if bad is not None:
+            return f"contains {bad!r} (host names have letters, digits, '-' and '_')"
+    return None
 
 
 def _parse_general(raw: str) -> ServerURL:
@@ -124,17 +168,30 @@ def _parse_general(raw: str) -> ServerURL:
     try:
         parts = urlsplit(raw)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise URLError(f"not a valid URL: {exc}") from None
+        # The library's message may quote the authority, credentials included.
+        raise URLError(f"not a valid URL: {redact(str(exc))}") from None
     scheme = parts.scheme.lower()
     if scheme not in _WS_FOR:
         raise URLError(f"unsupported scheme {parts.scheme!r}")
+    if "@" in raw.partition("://")[2] and "@" not in parts.netloc:
+        # "user:pa/ss@host" or "user:pa#ss@host": the '@' is read as part of a path, query or
+        # fragment, and what looks like a host or port is part of the credentials.
+        raise URLError(
+            "an '@' after a '/', '?' or '#': credentials containing those characters must "
+            "be percent-encoded (%2F, %3F, %23), and an '@' in a path written as %40"
+        )
     host = parts.hostname
     if not host:
         raise URLError("no host name")
+    if "[" not in parts.netloc:  # urlsplit has checked a bracketed IPv6 literal
+        reason = _host_name_problem(host)
+        if reason is not None:
+            raise URLError(f"impossible host name {host!r}: it {reason}")
     try:
         port = parts.port
     except ValueError:
-        port_text = parts.netloc.rpartition(":")[2]
+        # Taken after the credentials: with the check above, nothing of them is quoted.
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
         raise URLError(f"invalid port {port_text!r} (must be a number from 1 to 65535)") from None
     if port == 0:
         raise URLError("invalid port '0' (must be a number from 1 to 65535)")
@@ -172,14 +229,56 @@ def _redact_token(token: str) -> str:
     return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
-def redact(text: str) -> str:
-    """``text`` with anything that may be URL credentials replaced by ``***``.
+def _redact_query(url: str) -> str:
+    """``url`` with every query value (or a bare query item) replaced by ``***``."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    items = re.split(r"([&;])", query)
+    for i in range(0, len(items), 2):
+        key, eq, _ = items[i].partition("=")
+        items[i] = f"{key}=***" if eq else ("***" if items[i] else "")
+    return base + sep + "".join(items)
 
-    For text that may not parse as a URL (error messages about bad values):
-    in each comma- or space-separated item, everything between the scheme
-    (or the start) and the last ``@`` is hidden.
+
+def _redact_userinfo(line: str) -> str:
+    # From each scheme to the last '@' before the next scheme (or the end of the line):
+    # a password may hold '/', '#', ',' or white space, which end no credential here.
+    schemes = list(re.finditer(_SCHEME, line))
+    if not schemes:
+        return line
+    out = [line[: schemes[0].end()]]
+    for i, scheme in enumerate(schemes):
+        following = schemes[i + 1] if i + 1 < len(schemes) else None
+        stop = following.start() if following is not None else len(line)
+        span = line[scheme.end() : stop]
+        at = span.rfind("@")
+        out.append(span if at < 0 else "***" + span[at:])
+        if following is not None:
+            out.append(line[stop : following.end()])
+    return "".join(out)
+
+
+def redact(text: str) -> str:
+    """``text`` with anything that may be a URL's secret replaced by ``***``.
+
+    The one redaction rule of marsconn, for any text that may hold server
+    URLs (error messages, library exceptions, values that failed to parse):
+    after a scheme (``ws://``), everything up to the last ``@`` before the
+    next URL or the end of the line is credentials and hidden whole; in an
+    item without a scheme (comma- or space-separated), everything up to its
+    last ``@``; in a URL, every query value (``?token=***``).
     """
-    return _TOKEN.sub(lambda m: _redact_token(m.group()), text)
+    if "@" not in text and "?" not in text:
+        return text
+    lines = text.split("\n")
+    for n, line in enumerate(lines):
+        if "@" in line:
+            line = re.sub(_TOKEN, lambda m: _redact_token(m.group()), _redact_userinfo(line))
+        if "?" in line:
+            line = re.sub(_URL_IN_TEXT, lambda m: _redact_query(m.group()), line)
+        lines[n] = line
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)

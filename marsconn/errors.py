@@ -51,6 +51,23 @@ class MarsconnError(Exception):
     kind: ClassVar[ErrorKind] = ErrorKind.RUNTIME
 
 
+#: Longest text kept of each part of a :class:`Problem` (where, message, value, accepted).
+PROBLEM_PART_LIMIT = 600
+#: Most problems a :class:`ConfigError` lists; the rest are counted in one last line.
+MAX_PROBLEMS = 50
+#: Longest message of a :class:`ConfigError`, whatever was wrong (a hostile value can make
+#: a validator's own message large).
+ERROR_TEXT_LIMIT = 32 * 1024
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text) - limit} more characters]"
+    return text[: max(0, limit - len(note))] + note
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with the configuration.
@@ -59,12 +76,19 @@ class Problem:
     list file and line, adaptor config key); ``value`` is the offending value
     with secrets already redacted (None when there is no single value);
     ``message`` says what is wrong and ``accepted`` what would be accepted.
+    Each part is cut to :data:`PROBLEM_PART_LIMIT` characters.
     """
 
     where: str
     message: str
     value: str | None = None
     accepted: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("where", "message", "value", "accepted"):
+            text = getattr(self, name)
+            if text is not None and len(text) > PROBLEM_PART_LIMIT:
+                object.__setattr__(self, name, clip(text, PROBLEM_PART_LIMIT))
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}"
@@ -76,13 +100,34 @@ class Problem:
 
 
 class ConfigError(MarsconnError, ValueError):
-    """The configuration is invalid; ``problems`` lists every problem found."""
+    """The configuration is invalid; ``problems`` lists the problems found.
+
+    At most :data:`MAX_PROBLEMS` are kept (and the message stays under
+    :data:`ERROR_TEXT_LIMIT` characters); ``problem_count`` is how many there
+    were, and a last problem says how many are not listed.
+    """
 
     kind: ClassVar[ErrorKind] = ErrorKind.SYSTEM
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(problems)
-        count = len(self.problems)
+        found = list(problems)
+        self.problem_count = count = len(found)
+        kept: list[Problem] = []
+        size = 0
+        for problem in found[:MAX_PROBLEMS]:
+            size += len(str(problem)) + 5
+            if size > ERROR_TEXT_LIMIT - 200:
+                break
+            kept.append(problem)
+        if len(kept) < count:
+            rest = count - len(kept)
+            kept.append(
+                Problem(
+                    "configuration",
+                    f"{rest} more problem{'s' * (rest != 1)} not listed; fix the ones above first",
+                )
+            )
+        self.problems: tuple[Problem, ...] = tuple(kept)
         head = f"invalid MARS connection configuration ({count} problem{'s' * (count != 1)})"
         super().__init__("\n".join([head + ":", *(f"  - {p}" for p in self.problems)]))
 

@@ -11,10 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import audit
-from .capability import Capability, VersionVerdict, assess, detect_server_version
 from .endpoints import (
     ACCEPTED_URL,
     PIPE_SCHEMES,
@@ -29,6 +28,9 @@ from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
 from .serverlist import DEFAULT_LIST_FILES, ListedServer, read_list_file, split_inline_list
 from .settings import LoadedSettings, MarsSettings, _load
+
+if TYPE_CHECKING:
+    from .capability import Capability
 
 __all__ = [
     "ConnectionPlan",
@@ -97,7 +99,11 @@ class FailoverPolicy:
         """Seconds to sleep after failed pass ``pass_index`` (0-based), jitter included."""
         if self.backoff_mode == "fixed":
             return float(self.backoff_initial)
-        base = min(self.backoff_max, self.backoff_initial * self.backoff_multiplier**pass_index)
+        try:
+            grown = self.backoff_initial * self.backoff_multiplier**pass_index
+        except OverflowError:  # float ** int past ~1e308: long past the cap anyway
+            grown = self.backoff_max
+        base = min(self.backoff_max, grown)
         spread = (rng or random).random() * self.jitter * base
         return float(min(self.backoff_max, base + spread))
 
@@ -186,7 +192,8 @@ class ConnectionPlan:
     timeouts, log, TLS and shares-directory settings), not of how it was
     configured. ``shares_dir_mode`` is the permission mode of the private
     directory a WebSocket attempt makes beside the target for the server to
-    write into.
+    write into. ``warning_records`` are the plan's warnings as records, each
+    naming its source (``where``); ``warnings`` is their text.
     """
 
     mode: Mode
@@ -207,6 +214,7 @@ class ConnectionPlan:
     settings: tuple[tuple[str, Any, Provenance], ...] = field(repr=False)
     fingerprint: str = ""
     shares_dir_mode: int = 0o733
+    warning_records: tuple[Problem, ...] = field(default=(), repr=False)
 
     @property
     def urls(self) -> list[str]:
@@ -268,6 +276,7 @@ class ConnectionPlan:
             "ca_bundle": self.ca_bundle,
             "shares_dir_mode": self.shares_dir_mode,
             "warnings": list(self.warnings),
+            "warning_records": [_problem_dict(w) for w in self.warning_records],
             "settings": {
                 name: {
                     "value": _jsonable(value) if reveal_secrets else _shown(name, value),
@@ -334,10 +343,11 @@ class ConnectionPlan:
                     for name, item in data["settings"].items()
                 ),
                 shares_dir_mode=data["shares_dir_mode"] if fmt != 1 else 0o733,
+                warning_records=tuple(Problem(**w) for w in data.get("warning_records", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a serialised ConnectionPlan: {exc!r}") from None
-        if any(e.url.userinfo == "***" for e in plan.endpoints):
+        if any(e.url.has_redacted_secret for e in plan.endpoints):
             raise ValueError(
                 "the plan's server credentials were redacted; serialise it with "
                 "to_dict(reveal_secrets=True) to hand it to another process"
@@ -410,6 +420,10 @@ _ORDER_TEXT = {
 }
 
 
+def _problem_dict(problem: Problem) -> dict[str, Any]:
+    return {name: getattr(problem, name) for name in ("where", "message", "value", "accepted")}
+
+
 def _asdict(value: FailoverPolicy | Timeouts | LogPolicy) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__slots__}
 
@@ -452,6 +466,8 @@ def _decide(s: MarsSettings, cap: Capability | None) -> tuple[Mode, Reason, str]
             "WebSocket mode forced: the server version check was skipped",
         )
     assert cap is not None
+    from .capability import VersionVerdict  # loaded with the capability check
+
     match cap.verdict:
         case VersionVerdict.SUPPORTED:
             return (
@@ -485,27 +501,39 @@ def _decide(s: MarsSettings, cap: Capability | None) -> tuple[Mode, Reason, str]
 _REMEDY = {
     Reason.SERVER_PACKAGE_MISSING: "install cads-mars-server >= {req} on this worker, "
     "or declare the servers' version (resolve_plan(server_version=...), "
-    "marsconn --assume-server-version)",
+    "marsconn validate --assume-server-version {req})",
     Reason.SERVER_PACKAGE_TOO_OLD: "upgrade cads-mars-server to >= {req}",
     Reason.SERVER_VERSION_UNPARSABLE: "install a released cads-mars-server >= {req}",
 }
 
 
-@dataclass
+# Plain classes, not dataclasses: these two are internal, and creating a dataclass costs
+# about half a millisecond of import time.
 class _ServerSearch:
     """Where server lists were looked for, to explain an empty result."""
 
-    looked: list[str] = field(default_factory=list)
+    __slots__ = ("looked",)
+
+    def __init__(self) -> None:
+        self.looked: list[str] = []
 
 
-@dataclass
 class _Selected:
     """The server entries of the one source that supplies them, and which setting that is."""
 
-    entries: list[ListedServer] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    setting: str | None = None  # the MarsSettings field, or None for a default list file
-    direct_ws: bool = False  # the entries name WebSocket servers (MARS_WS_SERVERS)
+    __slots__ = ("direct_ws", "entries", "problems", "setting")
+
+    def __init__(
+        self,
+        entries: list[ListedServer] | None = None,
+        problems: list[Problem] | None = None,
+        setting: str | None = None,
+        direct_ws: bool = False,
+    ) -> None:
+        self.entries = entries if entries is not None else []
+        self.problems = problems if problems is not None else []
+        self.setting = setting  # the MarsSettings field, or None for a default list file
+        self.direct_ws = direct_ws  # the entries name WebSocket servers (MARS_WS_SERVERS)
 
 
 def _read_listed(path: Path, pointed_by: str, search: _ServerSearch) -> _Selected:
@@ -517,7 +545,7 @@ def _read_listed(path: Path, pointed_by: str, search: _ServerSearch) -> _Selecte
 
 def _select_servers(
     loaded: LoadedSettings, mode: Mode, list_files: Sequence[str], search: _ServerSearch
-) -> tuple[_Selected, list[str]]:
+) -> tuple[_Selected, list[Problem]]:
     """The server entries from the highest-precedence source that is set.
 
     Order: the adaptor's ``mars_servers``, the adaptor's ``mars_server_list``,
@@ -564,7 +592,7 @@ def _select_servers(
         else:
             return _Selected(), []
 
-    warnings = []
+    warnings: list[Problem] = []
     # Default list files are only consulted when no list path is set, so any
     # list path set but not chosen ranks below a chosen setting. One pointing
     # at nothing is a deployment mistake waiting to bite when the setting above
@@ -575,18 +603,21 @@ def _select_servers(
             path = getattr(s, name)
             if path is not None and name != chosen.setting and not os.path.exists(path):
                 warnings.append(
-                    f"{prov[name].describe()} names {str(path)!r}, which does not exist; "
-                    f"it is not used because {winner} takes precedence"
+                    Problem(
+                        prov[name].describe(),
+                        f"names {str(path)!r}, which does not exist; it is not used because "
+                        f"{winner} takes precedence",
+                    )
                 )
     return chosen, warnings
 
 
 def _parse_entries(
     entries: Sequence[ListedServer], mode: Mode, s: MarsSettings, direct_ws: bool
-) -> tuple[list[Endpoint], list[Problem], list[str]]:
+) -> tuple[list[Endpoint], list[Problem], list[Problem]]:
     endpoints: list[Endpoint] = []
     problems: list[Problem] = []
-    warnings: list[str] = []
+    warnings: list[Problem] = []
     first_seen: dict[ServerURL, Endpoint] = {}
     websocket = mode is Mode.WEBSOCKET
     for entry in entries:
@@ -600,9 +631,19 @@ def _parse_entries(
         derived: ServerURL | None = None
         if websocket:
             ws = to_websocket(url, pipe_port=s.pipe_port, shares_port=s.shares_port)
-            derived, url = (None if direct_ws or ws == url else url), ws
+            derived, url = (None if ws == url else url), ws
+            if direct_ws and derived is not None:
+                # Used as the WebSocket server it most likely means, but not as written.
+                warnings.append(
+                    Problem(
+                        entry.provenance.describe(),
+                        f"pipe-server URL {derived.display()} used as {url.display()}",
+                        accepted="ws:// or wss:// URLs of the WebSocket servers",
+                    )
+                )
         elif url.port is None and "://" not in entry.text:
             # A bare host names a pipe server on the pipe port, not on HTTP's port 80.
+            derived = url
             url = ServerURL(url.scheme, url.host, s.pipe_port, url.path, url.userinfo)
         elif url.scheme not in PIPE_SCHEMES:
             problems.append(
@@ -619,8 +660,11 @@ def _parse_entries(
         key = url
         if key in first_seen:
             warnings.append(
-                f"duplicate server {url.display()} at {entry.provenance.describe()} dropped "
-                f"(first listed at {first_seen[key].provenance.describe()})"
+                Problem(
+                    entry.provenance.describe(),
+                    f"duplicate server {url.display()} dropped "
+                    f"(first listed at {first_seen[key].provenance.describe()})",
+                )
             )
             continue
         first_seen[key] = endpoint
@@ -630,7 +674,7 @@ def _parse_entries(
 
 def _endpoints(
     loaded: LoadedSettings, mode: Mode, list_files: Sequence[str]
-) -> tuple[tuple[Endpoint, ...], list[Problem], list[str]]:
+) -> tuple[tuple[Endpoint, ...], list[Problem], list[Problem]]:
     s, prov = loaded.settings, loaded.provenance
     search = _ServerSearch()
     chosen, warnings = _select_servers(loaded, mode, list_files, search)
@@ -654,6 +698,77 @@ def _endpoints(
             )
         )
     return tuple(endpoints), problems, warnings
+
+
+def _setting_warnings(loaded: LoadedSettings, mode: Mode) -> list[Problem]:
+    """Settings that are set but have no effect, or contradict each other."""
+    s = loaded.settings
+    warnings: list[Problem] = []
+    if s.force_websocket_mode and not s.use_shares:
+        warnings.append(
+            Problem(
+                loaded.where("force_websocket_mode"),
+                f"set but use_shares is false ({loaded.where('use_shares')}); the force flag "
+                "only applies when shares is requested",
+            )
+        )
+    if s.ws_servers and mode is Mode.PIPE:
+        warnings.append(
+            Problem(
+                loaded.where("ws_servers"),
+                "set but not used: only WebSocket mode uses it, and this plan is in pipe mode",
+            )
+        )
+    if s.pipe_port == s.shares_port:
+        # Not an error here: a plan can still be made (and in pipe mode works); the
+        # deployment check (`marsconn validate`) refuses it.
+        warnings.append(
+            Problem(
+                f"pipe_port ({loaded.where('pipe_port')}) and shares_port "
+                f"({loaded.where('shares_port')})",
+                f"both are {s.pipe_port}: a worker's pipe and WebSocket servers cannot listen "
+                "on one port, and pipe-server URLs would be turned into WebSocket URLs on the "
+                "pipe server's port",
+                accepted="two different ports (by default 9000 and 9001)",
+            )
+        )
+    return warnings
+
+
+def _ca_bundle_problems(loaded: LoadedSettings) -> list[Problem]:
+    """A CA bundle that is set must be a readable PEM file, checked now rather than per attempt.
+
+    Found only at run time, a bad bundle would fail the TLS handshake with every server,
+    eject them all and retry every pass.
+    """
+    path = loaded.settings.ca_bundle
+    if path is None:
+        return []
+    import ssl
+
+    from .configfiles import FileProblem, check_regular_file
+    from .tls import client_context
+
+    try:
+        check_regular_file(path)
+        client_context(str(path))  # loads it (and keeps it for the connections)
+    except FileNotFoundError:
+        reason = "does not exist"
+    except FileProblem as exc:
+        reason = f"cannot be read: {exc}"
+    except ssl.SSLError as exc:
+        reason = f"holds no usable PEM certificates ({exc.reason or exc})"
+    except OSError as exc:  # pragma: no cover - a race with the check above
+        reason = f"cannot be read: {exc.strerror or exc}"
+    else:
+        return []
+    return [
+        Problem(
+            loaded.where("ca_bundle"),
+            f"CA bundle {str(path)!r} {reason}",
+            accepted="the path of a readable PEM file of CA certificates",
+        )
+    ]
 
 
 def resolve_plan(
@@ -694,23 +809,24 @@ def resolve_plan(
     )
     s = loaded.settings
     cap: Capability | None = None
+    # The capability module (and packaging) only when the version decides something.
     if server_version is not None:
+        from .capability import assess
+
         cap = assess(server_version, s.required_server_version, declared=True)
     elif s.use_shares and not s.force_websocket_mode:
         # Only looked up when it decides something: metadata scans sys.path.
+        from .capability import assess, detect_server_version
+
         cap = assess(detect_server_version(), s.required_server_version)
     mode, reason, reason_text = _decide(s, cap)
     endpoints, endpoint_problems, endpoint_warnings = _endpoints(loaded, mode, default_list_files)
     problems += endpoint_problems
+    problems += _ca_bundle_problems(loaded)
     if problems:
         raise ConfigError(problems)
 
-    warnings = list(loaded.warnings) + endpoint_warnings
-    if s.force_websocket_mode and not s.use_shares:
-        warnings.append(
-            f"{loaded.where('force_websocket_mode')} is set but use_shares is false "
-            f"({loaded.where('use_shares')}); the force flag only applies when shares is requested"
-        )
+    warnings = [*loaded.warning_records, *endpoint_warnings, *_setting_warnings(loaded, mode)]
     plan = ConnectionPlan(
         mode=mode,
         requested_mode=Mode.WEBSOCKET if s.use_shares else Mode.PIPE,
@@ -744,11 +860,12 @@ def resolve_plan(
         ),
         logs=LogPolicy(filter=s.client_filter_logs, keep_lines=s.log_keep_lines),
         ca_bundle=str(s.ca_bundle) if s.ca_bundle else None,
-        warnings=tuple(warnings),
+        warnings=tuple(str(w) for w in warnings),
         settings=tuple(
             (name, getattr(s, name), loaded.provenance[name]) for name in type(s).model_fields
         ),
         shares_dir_mode=s.shares_dir_mode,
+        warning_records=tuple(warnings),
     )
     plan = _with_fingerprint(plan)
     audit.emit(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .configfiles import FileProblem, read_regular_file
 from .errors import Problem
 from .provenance import Provenance, SourceKind
 
@@ -45,7 +46,8 @@ def read_list_file(path: Path, pointed_by: str) -> tuple[list[ListedServer], lis
     Returns the entries and, instead of raising, the problems found.
     """
     try:
-        raw = path.read_bytes()
+        # A regular file of bounded size only: a FIFO would hang, /dev/zero exhaust memory.
+        raw = read_regular_file(path)
     except FileNotFoundError:
         return [], [
             Problem(
@@ -54,11 +56,12 @@ def read_list_file(path: Path, pointed_by: str) -> tuple[list[ListedServer], lis
                 accepted="the path of a readable file with one server URL per line",
             )
         ]
-    except OSError as exc:
+    except (OSError, FileProblem) as exc:
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
         return [], [
             Problem(
                 pointed_by,
-                f"server-list file {str(path)!r} cannot be read: {exc.strerror or exc}",
+                f"server-list file {str(path)!r} cannot be read: {reason}",
                 accepted="the path of a readable file with one server URL per line",
             )
         ]

@@ -19,19 +19,18 @@ remembering which source that was, so every effective value can be traced.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .configfiles import FileProblem, load_yaml, read_regular_file
 from .endpoints import redact
 from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
@@ -46,23 +45,35 @@ __all__ = [
 
 DEFAULT_CONFIG_FILE = "/etc/cads-mars-server.yaml"
 CONFIG_FILE_VAR = "MARS_CONFIG_FILE"
+#: Keys of the shared YAML file that cads-mars-server reads and marsconn does not: no warning.
+SERVER_YAML_KEYS = ("shared_root", "max_concurrent_connections", "debug_mode")
+#: Most unknown-key warnings given for one YAML file; one more warning counts the rest.
+_UNKNOWN_KEY_WARNINGS = 20
 _NONE_WORDS = frozenset({"none", "null"})
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 # A whole value that is one bracketed IPv6 literal, e.g. "[fd00::5]": a server, not a list.
-_IPV6_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$")
+# Patterns of rarely taken paths are compiled on first use (re caches them), not at import.
+_IPV6_LITERAL = r"^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$"
 
 _BOOL = "true/false, 1/0, yes/no, on/off (any case)"
 _PORT = "a whole number from 1 to 65535"
-_SECONDS = "a number of seconds greater than 0"
-_SECONDS0 = "a number of seconds, 0 or more"
-_OPT_SECONDS = "a number of seconds greater than 0, or none/null to disable"
+#: Longest duration any setting accepts: past it, a value is a mistake, and a bound keeps every
+#: sum and product of durations finite.
+_MAX_SECONDS = 7 * 24 * 3600
+_SECONDS = f"a number of seconds greater than 0, at most {_MAX_SECONDS} (7 days)"
+_SECONDS0 = f"a number of seconds from 0 to {_MAX_SECONDS} (7 days)"
+_OPT_SECONDS = (
+    f"a number of seconds greater than 0, at most {_MAX_SECONDS} (7 days), or none/null to disable"
+)
 _URLS = "comma-separated server URLs, or a list of URLs in YAML/JSON"
 _DIR_MODE = (
     "an octal permission mode such as 0733, 0o733 or '733' (quoted in YAML) that gives "
     "the owner rwx (0o700) and sets nothing beyond 0o777"
 )
-_OCTAL = re.compile(r"^(?:0[oO])?([0-7]+)$")
+_OCTAL = r"^(?:0[oO])?([0-7]+)$"
+#: Default of required_server_version: the first cads-mars-server release with WebSocket mode.
+_REQUIRED_VERSION = "0.3.0"
 
 
 def _setting(
@@ -81,6 +92,8 @@ def _setting(
         extra["x-adaptor-key"] = adaptor
     if added:
         extra["x-marsconn"] = True
+    if accepted in (_SECONDS, _SECONDS0, _OPT_SECONDS):
+        constraints.setdefault("le", _MAX_SECONDS)
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
@@ -95,7 +108,20 @@ class MarsSettings(BaseSettings):
     # allow_inf_nan=False: "inf" or "1e400" seconds would pass the range checks and
     # then make the plan's JSON invalid (json.dumps writes Infinity).
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        allow_inf_nan=False,
+        # Completed (core schema, validator) on first MarsSettings(...) or schema use, not at
+        # import: load_settings validates with _fast_validator() instead (see there).
+        defer_build=True,
+        # The schema's description is for people reading `marsconn schema`, not the
+        # docstring's reStructuredText.
+        json_schema_extra={
+            "description": "Every setting that decides how marsconn reaches the MARS proxy "
+            "servers, with its environment variable (x-env), YAML key (x-yaml-key), "
+            "adaptor config key (x-adaptor-key) and accepted values (x-accepted)."
+        },
     )
 
     use_shares: bool = _setting(
@@ -113,7 +139,7 @@ class MarsSettings(BaseSettings):
         accepted=_BOOL,
     )
     required_server_version: str = _setting(
-        "0.3.0",
+        _REQUIRED_VERSION,
         "Oldest cads-mars-server release (base version) that supports WebSocket mode.",
         env="MARS_REQUIRED_SERVER_VERSION",
         yaml_key="required_server_version",
@@ -200,8 +226,9 @@ class MarsSettings(BaseSettings):
         "Passes over the server list.",
         env="MARS_MAX_RETRIES",
         yaml_key="max_retries",
-        accepted="a whole number, 1 or more",
+        accepted="a whole number from 1 to 1000",
         ge=1,
+        le=1000,
     )
     retry_delay: float = _setting(
         2.0,
@@ -236,9 +263,10 @@ class MarsSettings(BaseSettings):
         "Pipe mode: retries on the same server for 500/502/503/504/408 before moving on.",
         env="MARS_SAME_HOST_RETRIES",
         yaml_key="same_host_retries",
-        accepted="a whole number, 0 or more",
+        accepted="a whole number from 0 to 100",
         added=True,
         ge=0,
+        le=100,
     )
     failover_order: Literal["listed", "shuffled", "stable"] = _setting(
         "shuffled",
@@ -271,9 +299,10 @@ class MarsSettings(BaseSettings):
         "Heartbeat periods without any message before a running server is presumed dead.",
         env="MARS_HEARTBEAT_MISSES",
         yaml_key="heartbeat_misses",
-        accepted="a whole number, 1 or more",
+        accepted="a whole number from 1 to 1000",
         added=True,
         ge=1,
+        le=1000,
     )
     job_deadline: float | None = _setting(
         None,
@@ -322,9 +351,10 @@ class MarsSettings(BaseSettings):
         "(error lines there are kept too).",
         env="MARS_LOG_KEEP_LINES",
         yaml_key="log_keep_lines",
-        accepted="a whole number, 0 or more",
+        accepted="a whole number from 0 to 1000000",
         added=True,
         ge=0,
+        le=1_000_000,
     )
     ca_bundle: Path | None = _setting(
         None,
@@ -365,13 +395,22 @@ class MarsSettings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             # "[a, b]" is a YAML/JSON list; "[fd00::5]:9001,..." and "[fd00::5]" are servers.
-            if text.startswith("[") and text.endswith("]") and not _IPV6_LITERAL.match(text):
+            if text.startswith("[") and text.endswith("]") and not re.match(_IPV6_LITERAL, text):
                 import yaml
 
                 try:
-                    return yaml.safe_load(text)
-                except yaml.YAMLError:
-                    return value  # reported by validation as "not a valid list"
+                    # Bounded: nesting and aliases could otherwise recurse or expand without end.
+                    return load_yaml(text)[1]
+                except yaml.YAMLError as exc:
+                    detail = getattr(exc, "problem", None) or "invalid YAML"
+                    raise ValueError(f"not a valid YAML/JSON list ({detail})") from None
+            if "," in text and redact(text).count(",") < text.count(","):
+                # A comma inside a URL's credentials: splitting there would cut the secret
+                # in two and show one half as a host name.
+                raise ValueError(
+                    "a comma inside a URL's credentials; percent-encode it as %2C "
+                    "(or give the servers as a YAML/JSON list)"
+                )
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
@@ -395,7 +434,7 @@ class MarsSettings(BaseSettings):
         if isinstance(value, bool):
             raise ValueError("not a permission mode")
         if isinstance(value, str):
-            match = _OCTAL.match(value.strip())
+            match = re.match(_OCTAL, value.strip())
             if match is None:
                 raise ValueError("not an octal permission mode")
             return int(match.group(1), 8)
@@ -422,6 +461,10 @@ class MarsSettings(BaseSettings):
     @field_validator("required_server_version")
     @classmethod
     def _version(cls, value: str) -> str:
+        if value == _REQUIRED_VERSION:
+            return value  # the default: known to parse, and packaging is not loaded for it
+        from packaging.version import InvalidVersion, Version
+
         try:
             Version(value)
         except InvalidVersion:
@@ -516,45 +559,56 @@ def _env_values(
     return out
 
 
-def _near_miss_warnings(names: Sequence[str], where: str) -> list[str]:
+def _near_miss_warnings(names: Sequence[str], where: Callable[[str], str]) -> list[Problem]:
     warnings = []
     for name in names:
         if name.startswith("MARS_") and name not in _KNOWN_VARS:
+            import difflib  # only for names that look like settings: ~1 ms to import
+
             close = difflib.get_close_matches(name, _KNOWN_VARS, n=1, cutoff=0.85)
             if close:
                 warnings.append(
-                    f"{where} {name} is not a marsconn setting and is ignored; "
-                    f"did you mean {close[0]}?"
+                    Problem(
+                        where(name),
+                        f"not a marsconn setting, ignored; did you mean {close[0]}?",
+                    )
                 )
     return warnings
 
 
-_DOTENV_KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+def _unreadable(exc: Exception) -> str:
+    """Why a configuration file could not be read, for "cannot be read: ..."."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+_DOTENV_KEY = r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*="
 
 
 def _read_dotenv(path: Path) -> tuple[dict[str, str], dict[str, int], list[Problem]]:
+    import io
+
     from dotenv import dotenv_values
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return (
-            {},
-            {},
-            [
-                Problem(
-                    f"dotenv file {str(path)!r}",
-                    f"cannot be read: {exc.strerror or exc}",
-                    accepted="a readable file of VAR=value lines",
-                )
-            ],
+        text = read_regular_file(path).decode("utf-8")
+    except (OSError, FileProblem, UnicodeDecodeError) as exc:
+        problem = Problem(
+            f"dotenv file {str(path)!r}",
+            f"cannot be read: {_unreadable(exc)}",
+            accepted="a readable file of VAR=value lines",
         )
+        return {}, {}, [problem]
     lines: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        match = _DOTENV_KEY.match(line)
+        match = re.match(_DOTENV_KEY, line)
         if match:
             lines[match.group(1)] = number
-    values = {k: v for k, v in dotenv_values(path, interpolate=False).items() if v is not None}
+    parsed = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    values = {k: v for k, v in parsed.items() if v is not None}
     return values, lines, []
 
 
@@ -573,7 +627,7 @@ def _yaml_problem(path: Path, exc: Exception) -> Problem:
 
 def _missing_yaml(
     path: Path, explicit: Provenance | None, strict: bool
-) -> tuple[list[Problem], list[str]]:
+) -> tuple[list[Problem], list[Problem]]:
     """What a YAML file that does not exist means, depending on who named it."""
     if explicit is None:  # the default /etc file: most workers have none
         return [], []
@@ -589,43 +643,39 @@ def _missing_yaml(
     # MARS_CONFIG_FILE: cads-mars-server carries on with its other sources when the file
     # it names is missing, and so do retrievals; only `marsconn validate` refuses it.
     return [], [
-        f"{explicit.describe()} names YAML config file {str(path)!r}, which does not exist; "
-        "it is ignored and the other sources and defaults apply (as cads-mars-server does); "
-        "`marsconn validate` reports this as an error"
+        Problem(
+            explicit.describe(),
+            f"names YAML config file {str(path)!r}, which does not exist; it is ignored and "
+            "the other sources and defaults apply (as cads-mars-server does); "
+            "`marsconn validate` reports this as an error",
+        )
     ]
 
 
 def _read_yaml(
     path: Path, explicit: Provenance | None, strict: bool = False
-) -> tuple[dict[str, tuple[Any, Provenance]], list[Problem], list[str]]:
+) -> tuple[dict[str, tuple[Any, Provenance]], list[Problem], list[Problem]]:
     pointed = explicit.describe() if explicit else "default YAML config"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path).decode("utf-8")
     except FileNotFoundError:
         return {}, *_missing_yaml(path, explicit, strict)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+    except (OSError, FileProblem, UnicodeDecodeError) as exc:
         problem = Problem(
             pointed,
-            f"YAML config file {str(path)!r} cannot be read: {reason}",
+            f"YAML config file {str(path)!r} cannot be read: {_unreadable(exc)}",
             accepted="a readable UTF-8 YAML file",
         )
         return {}, [problem], []
     # Imported here: most workers have no YAML file, and importing yaml costs ~10 ms.
     import yaml
 
-    # yaml.safe_load in steps, so that the node tree gives each key's line number.
+    # yaml.safe_load in steps, so that the node tree gives each key's line number; with
+    # bounds on nesting and alias expansion.
     try:
-        loader = yaml.SafeLoader(text)  # checks every character up front
+        node, data = load_yaml(text)
     except yaml.YAMLError as exc:
         return {}, [_yaml_problem(path, exc)], []
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        return {}, [_yaml_problem(path, exc)], []
-    finally:
-        loader.dispose()
     if data is None:
         return {}, [], []
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -637,12 +687,38 @@ def _read_yaml(
         return {}, [problem], []
     lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
     out: dict[str, tuple[Any, Provenance]] = {}
-    # Unknown keys are not errors: this file is shared with the server, which has its own keys.
     for key, keys in _BY_YAML.items():
         if key in data and data[key] is not None:
             prov = Provenance(SourceKind.YAML, key, str(path), lines.get(key))
             out[keys.field] = (data[key], prov)
-    return out, [], []
+    return out, [], _unknown_yaml_keys(data, path, lines)
+
+
+def _unknown_yaml_keys(data: dict[Any, Any], path: Path, lines: dict[str, int]) -> list[Problem]:
+    """A warning per key that neither marsconn nor cads-mars-server reads.
+
+    Not an error: the file is shared with the server, and a key only one of the two
+    reads is expected. A key neither reads is ignored by both, most often a typo.
+    """
+    warnings: list[Problem] = []
+    unknown = [str(key) for key in data if str(key) not in _BY_YAML]
+    unknown = [name for name in unknown if name not in SERVER_YAML_KEYS]
+    for name in unknown[:_UNKNOWN_KEY_WARNINGS]:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*_BY_YAML, *SERVER_YAML_KEYS], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.append(
+            Problem(
+                Provenance(SourceKind.YAML, name, str(path), lines.get(name)).describe(),
+                f"not a key of marsconn or cads-mars-server, ignored{hint}",
+                accepted="the YAML keys of `marsconn schema` (x-yaml-key)",
+            )
+        )
+    if len(unknown) > _UNKNOWN_KEY_WARNINGS:
+        rest = len(unknown) - _UNKNOWN_KEY_WARNINGS
+        warnings.append(Problem(str(path), f"{rest} more unknown keys, ignored"))
+    return warnings
 
 
 def _override_values(
@@ -656,6 +732,8 @@ def _override_values(
     problems = []
     for name, value in (overrides or {}).items():
         if name not in _KEYS:
+            import difflib
+
             close = difflib.get_close_matches(name, list(_KEYS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append(
@@ -670,13 +748,25 @@ def _override_values(
     return explicit, adaptor, problems
 
 
-@dataclass(frozen=True, slots=True)
 class _SourceSet:
-    sources: tuple[_ValuesSource, ...]
-    config_file: Path
-    config_file_provenance: Provenance
-    env_file: Path | None
-    warnings: tuple[str, ...]
+    """The sources of one load, and what was learnt reading them (a plain class: internal,
+    and a frozen dataclass costs half a millisecond to create at import)."""
+
+    __slots__ = ("config_file", "config_file_provenance", "env_file", "sources", "warnings")
+
+    def __init__(
+        self,
+        sources: tuple[_ValuesSource, ...],
+        config_file: Path,
+        config_file_provenance: Provenance,
+        env_file: Path | None,
+        warnings: tuple[Problem, ...],
+    ) -> None:
+        self.sources = sources
+        self.config_file = config_file
+        self.config_file_provenance = config_file_provenance
+        self.env_file = env_file
+        self.warnings = warnings
 
 
 def _build_sources(
@@ -690,7 +780,7 @@ def _build_sources(
     strict: bool = False,
 ) -> tuple[_SourceSet, list[Problem]]:
     problems: list[Problem] = []
-    warnings = _near_miss_warnings(sorted(env), "environment variable")
+    warnings = _near_miss_warnings(sorted(env), lambda name: f"environment variable {name}")
     explicit, adaptor, override_problems = _override_values(config, overrides)
     problems += override_problems
     env_values = _env_values(env, SourceKind.ENV, None, {})
@@ -702,7 +792,12 @@ def _build_sources(
         dotenv_raw, lines, dotenv_problems = _read_dotenv(env_path)
         problems += dotenv_problems
         dotenv_values = _env_values(dotenv_raw, SourceKind.DOTENV, str(env_path), lines)
-        warnings += _near_miss_warnings(sorted(dotenv_raw), f"{env_path}:")
+        warnings += _near_miss_warnings(
+            sorted(dotenv_raw),
+            lambda name: Provenance(
+                SourceKind.DOTENV, name, str(env_path), lines.get(name)
+            ).describe(),
+        )
 
     yaml_prov: Provenance | None
     if config_file is not None:
@@ -735,14 +830,24 @@ def _build_sources(
 
 @dataclass(frozen=True, slots=True)
 class LoadedSettings:
-    """Validated settings plus where each effective value came from."""
+    """Validated settings plus where each effective value came from.
+
+    ``warning_records`` are the values the sources hold that are ignored (a
+    missing ``MARS_CONFIG_FILE``, unknown YAML keys, near-miss variable
+    names), each naming its source; :attr:`warnings` is their text.
+    """
 
     settings: MarsSettings
     provenance: Mapping[str, Provenance]
     config_file: Path
     config_file_provenance: Provenance
     env_file: Path | None
-    warnings: tuple[str, ...]
+    warning_records: tuple[Problem, ...]
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The warnings as text, each ``where: message``."""
+        return tuple(str(w) for w in self.warning_records)
 
     def where(self, field: str) -> str:
         """Describe the source of ``field`` for messages."""
@@ -750,10 +855,25 @@ class LoadedSettings:
 
 
 def _redact(value: Any) -> str:
-    return redact(value if isinstance(value, str) else repr(value))
+    # A bounded repr: a hostile value (deep, huge, self-referencing) must not make the
+    # error text large; Problem cuts the result again.
+    import reprlib
+
+    shown = reprlib.Repr()  # keyword arguments only from Python 3.12
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, 300, 300, 60
+    return redact(value[:2000] if isinstance(value, str) else shown.repr(value))
 
 
 def _validated(values: Mapping[str, Any]) -> MarsSettings:
+    """``values`` validated as MarsSettings's fields (raises pydantic's ValidationError)."""
+    validator = _fast_validator()
+    if validator is None:
+        return _validated_by_model(values)
+    fields, _, fields_set = validator.validate_python(dict(values))
+    return MarsSettings.model_construct(_fields_set=fields_set, **fields)
+
+
+def _validated_by_model(values: Mapping[str, Any]) -> MarsSettings:
     # MarsSettings(**values) and MarsSettings.model_validate(values) both run
     # BaseSettings.__init__, which consults the class's own sources (os.environ,
     # the default YAML file) for every field missing from ``values``. The values
@@ -762,6 +882,122 @@ def _validated(values: Mapping[str, Any]) -> MarsSettings:
     settings = MarsSettings.__new__(MarsSettings)
     BaseModel.__init__(settings, **values)
     return settings
+
+
+# --- validation without completing the model ------------------------------------------------
+#
+# Completing a pydantic model (generating its core schema in Python, then its validator) is
+# most of what importing marsconn and resolving a first plan costs beyond pydantic-settings
+# itself. MarsSettings is therefore built with defer_build, and load_settings validates with
+# a pydantic-core validator made here from the model's own fields (their types, constraints
+# and defaults) and field validators: the same checks and the same errors, at a small part of
+# the cost. Any field this does not know how to express makes it give up (None), and the
+# model validates instead; tests/test_settings_validator.py checks the two agree.
+
+_NO_FAST_VALIDATOR = object()
+_fast: Any = None
+
+
+def _fast_validator() -> Any:
+    """The pydantic-core SchemaValidator for MarsSettings's fields, or None (see above)."""
+    global _fast
+    if _fast is None:
+        _fast = _build_fast_validator() or _NO_FAST_VALIDATOR
+    return None if _fast is _NO_FAST_VALIDATOR else _fast
+
+
+def _path(value: str) -> Path:
+    try:
+        return Path(value)
+    except TypeError:
+        from pydantic_core import PydanticCustomError
+
+        raise PydanticCustomError("path_type", "Input is not a valid path") from None
+
+
+def _type_schema(annotation: Any, metadata: list[Any]) -> Any:
+    """The core schema of one field type with its constraints, or None if not known here."""
+    import types
+    import typing
+
+    import annotated_types
+    from pydantic_core import core_schema as cs
+
+    bounds: dict[str, Any] = {}
+    for item in metadata:
+        if isinstance(item, annotated_types.Gt):
+            bounds["gt"] = item.gt
+        elif isinstance(item, annotated_types.Ge):
+            bounds["ge"] = item.ge
+        elif isinstance(item, annotated_types.Le):
+            bounds["le"] = item.le
+        else:
+            return None
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) and len(args) == 2 and args[1] is type(None):
+        inner = _type_schema(args[0], metadata)
+        return None if inner is None else cs.nullable_schema(inner)
+    if annotation is bool and not bounds:
+        return cs.bool_schema()
+    if annotation is str and not bounds:
+        return cs.str_schema()
+    if annotation is int:
+        return cs.int_schema(**bounds)
+    if annotation is float:
+        return cs.float_schema(**bounds)
+    if typing.get_origin(annotation) is typing.Literal and not bounds:
+        return cs.literal_schema(list(args))
+    if typing.get_origin(annotation) is list and args == (str,) and not bounds:
+        return cs.list_schema(cs.str_schema())
+    if annotation is Path and not bounds:
+        # As pydantic validates a Path: an instance, or a string made one.
+        from_str = cs.no_info_after_validator_function(_path, cs.str_schema())
+        return cs.union_schema(
+            [
+                cs.json_or_python_schema(
+                    json_schema=from_str, python_schema=cs.is_instance_schema(Path)
+                ),
+                cs.no_info_after_validator_function(_path, cs.str_schema(strict=True)),
+            ],
+            custom_error_type="path_type",
+            custom_error_message=f"Input is not a valid path for {Path}",
+        )
+    return None
+
+
+def _build_fast_validator() -> Any:
+    from pydantic_core import CoreConfig, SchemaValidator
+    from pydantic_core import core_schema as cs
+
+    decorators = MarsSettings.__pydantic_decorators__
+    if decorators.validators or decorators.model_validators or decorators.root_validators:
+        return None
+    fields: dict[str, Any] = {}
+    for name, info in MarsSettings.model_fields.items():
+        schema = _type_schema(info.annotation, list(info.metadata))
+        if schema is None:
+            return None
+        # Field validators wrap the field's schema in the order they are defined, as pydantic
+        # applies them (each one outside the ones before it).
+        for decorator in decorators.field_validators.values():
+            if name not in decorator.info.fields:
+                continue
+            wrap = {
+                "before": cs.no_info_before_validator_function,
+                "after": cs.no_info_after_validator_function,
+            }.get(decorator.info.mode)
+            if wrap is None:
+                return None
+            schema = wrap(decorator.func, schema)
+        schema = cs.with_default_schema(schema, default=info.default)
+        fields[name] = cs.model_field(schema)
+    config = CoreConfig(
+        title="MarsSettings",
+        extra_fields_behavior="forbid",
+        validate_default=True,
+        allow_inf_nan=False,
+    )
+    return SchemaValidator(cs.model_fields_schema(fields, model_name="MarsSettings"), config)
 
 
 def _problem_for(error: Mapping[str, Any], provenance: Mapping[str, Provenance]) -> Problem:

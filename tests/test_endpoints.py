@@ -173,9 +173,10 @@ def test_unclosed_ipv6_bracket_is_not_a_valid_url() -> None:
         parse_server_url("http://[fd00::5:9000")
 
 
-def test_query_is_kept_with_the_path() -> None:
+def test_query_is_kept_with_the_path_and_its_values_never_shown() -> None:
     url = parse_server_url("http://mars:9000/api?x=1")
-    assert (url.path, url.display()) == ("/api?x=1", "http://mars:9000/api?x=1")
+    assert (url.path, url.secret()) == ("/api?x=1", "http://mars:9000/api?x=1")
+    assert url.display() == "http://mars:9000/api?x=***"
 
 
 def test_effective_port_and_tls() -> None:
@@ -316,3 +317,28 @@ def test_endpoint_to_dict_redacts_and_names_its_source() -> None:
         "source": {"kind": "env", "name": "X[0]"},
         "source_text": "environment variable X[0]",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("http://a..b:9000", "has an empty label (two dots in a row, or a leading dot)"),
+        ("a..b", "has an empty label"),
+        ("http://.mars:9000", "has an empty label"),
+        ("http://h1,h2:9000", "contains ','"),
+        ("ws://mars%41:9001", "contains '%'"),
+        ("http://" + "x" * 64 + ".example:9000", "has a label longer than 63 characters"),
+        ("http://" + ".".join(["abcdefgh"] * 30) + ":9000", "is longer than 253 characters"),
+    ],
+)
+def test_impossible_host_names_are_refused(text: str, reason: str) -> None:
+    with pytest.raises(URLError, match="impossible host name") as info:
+        parse_server_url(text)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text", ["http://mars_1.internal:9000", "http://mars-1.internal.:9000", "ws://[fd00::5]:9001"]
+)
+def test_unusual_but_possible_host_names_are_kept(text: str) -> None:
+    assert parse_server_url(text).display() == text

@@ -38,6 +38,9 @@ ACCEPTED_SOURCES = (
     "mars_server_list), MARS_WS_SERVERS in WebSocket mode, or a default list file"
 )
 
+#: A CA certificate (a test CA made by trustme), for settings that need a real PEM file.
+CA_PEM = str(Path(__file__).resolve().parent / "data" / "ca.pem")
+
 
 class Quiet:
     """An audit logger that records events instead of printing them."""
@@ -207,7 +210,7 @@ def test_force_without_shares_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> N
     plan = resolve(ONE, env={"MARS_FORCE_WEBSOCKET_MODE": "true"})
     assert plan.mode is Mode.PIPE
     assert plan.warnings == (
-        "environment variable MARS_FORCE_WEBSOCKET_MODE is set but use_shares is false "
+        "environment variable MARS_FORCE_WEBSOCKET_MODE: set but use_shares is false "
         "(default); the force flag only applies when shares is requested",
     )
 
@@ -328,9 +331,18 @@ def test_ws_servers_are_used_directly_in_websocket_mode(tmp_path: Path) -> None:
             "url": "ws://ws-3:9001",
             "source": {"kind": "env", "name": "MARS_WS_SERVERS[2]"},
             "source_text": "environment variable MARS_WS_SERVERS[2]",
+            "derived_from": "http://ws-3:9000",
         },
     ]
-    assert plan.warnings == ()
+    # The pipe URL is used as the WebSocket server it most likely means, never silently.
+    assert plan.warnings == (
+        "environment variable MARS_WS_SERVERS[2]: pipe-server URL http://ws-3:9000 used as "
+        "ws://ws-3:9001; accepted: ws:// or wss:// URLs of the WebSocket servers",
+    )
+    assert (
+        "  3. ws://ws-3:9001 <- http://ws-3:9000   [environment variable MARS_WS_SERVERS[2]]"
+        in (plan.explain().splitlines())
+    )
 
 
 def test_derived_urls_when_ws_servers_unset(tmp_path: Path) -> None:
@@ -457,7 +469,7 @@ def test_outranked_list_path_that_does_not_exist_is_a_warning(tmp_path: Path) ->
     plan = resolve(ONE, env={"MARS_API_SERVER_LIST": str(nope)})
     assert plan.urls == ["http://mars-1:9000"]
     assert plan.warnings == (
-        f"environment variable MARS_API_SERVER_LIST names {str(nope)!r}, which does not exist; "
+        f"environment variable MARS_API_SERVER_LIST: names {str(nope)!r}, which does not exist; "
         "it is not used because adaptor config key 'mars_servers' takes precedence",
     )
     adaptor_list = write(tmp_path / "a.list", "http://a:9000\n")
@@ -465,12 +477,12 @@ def test_outranked_list_path_that_does_not_exist_is_a_warning(tmp_path: Path) ->
         {"mars_server_list": str(adaptor_list)}, env={"MARS_API_SERVER_LIST": str(nope)}
     )
     assert plan.warnings == (
-        f"environment variable MARS_API_SERVER_LIST names {str(nope)!r}, which does not exist; "
+        f"environment variable MARS_API_SERVER_LIST: names {str(nope)!r}, which does not exist; "
         "it is not used because adaptor config key 'mars_server_list' takes precedence",
     )
     plan = resolve(ONE | {"mars_server_list": str(nope)})
     assert plan.warnings == (
-        f"adaptor config key 'mars_server_list' names {str(nope)!r}, which does not exist; "
+        f"adaptor config key 'mars_server_list': names {str(nope)!r}, which does not exist; "
         "it is not used because adaptor config key 'mars_servers' takes precedence",
     )
     plan = resolve(
@@ -478,7 +490,7 @@ def test_outranked_list_path_that_does_not_exist_is_a_warning(tmp_path: Path) ->
         server_version="0.3.0",
     )
     assert plan.warnings == (
-        f"environment variable MARS_API_SERVER_LIST names {str(nope)!r}, which does not exist; "
+        f"environment variable MARS_API_SERVER_LIST: names {str(nope)!r}, which does not exist; "
         "it is not used because environment variable MARS_WS_SERVERS takes precedence",
     )
 
@@ -491,7 +503,7 @@ def test_duplicates_are_dropped_first_kept(tmp_path: Path) -> None:
     pipe = resolve(env={"MARS_API_SERVER_LIST": str(listed)})
     assert pipe.urls == ["http://a:9000", "http://b:9000", "http://a", "http://c:9000"]
     assert pipe.warnings == (
-        f"duplicate server http://a:9000 at {listed}:3 (server list) dropped "
+        f"{listed}:3 (server list): duplicate server http://a:9000 dropped "
         f"(first listed at {listed}:1 (server list))",
     )
     # In WebSocket mode http://a and http://a:9000 are the same server: ws://a:9001.
@@ -499,7 +511,7 @@ def test_duplicates_are_dropped_first_kept(tmp_path: Path) -> None:
     assert ws.urls == ["ws://a:9001", "ws://b:9001", "ws://c:9001"]
     assert len(ws.warnings) == 2
     assert ws.warnings[1] == (
-        f"duplicate server ws://a:9001 at {listed}:4 (server list) dropped "
+        f"{listed}:4 (server list): duplicate server ws://a:9001 dropped "
         f"(first listed at {listed}:1 (server list))"
     )
 
@@ -561,7 +573,8 @@ def test_bad_settings_and_unreadable_list_file_in_one_error(tmp_path: Path) -> N
     assert [str(p) for p in info.value.problems] == [
         *SETTING_PROBLEMS,
         f"environment variable MARS_API_SERVER_LIST: server-list file {str(tmp_path)!r} cannot "
-        "be read: Is a directory; accepted: the path of a readable file with one server URL "
+        "be read: a directory, not a regular file; accepted: the path of a readable file with "
+        "one server URL "
         "per line",
     ]
 
@@ -631,7 +644,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
         env={
             **SHARES,
             "MARS_API_SERVER_LIST": str(listed),
-            "MARS_CA_BUNDLE": "/etc/ssl/mars.pem",
+            "MARS_CA_BUNDLE": CA_PEM,
             "MARS_JOB_DEADLINE": "3600",
         },
         server_version="0.3.0",
@@ -649,7 +662,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
         "mode": "websocket",
         "requested_mode": "websocket",
         "reason": "shares_enabled",
-        "ca_bundle": "/etc/ssl/mars.pem",
+        "ca_bundle": CA_PEM,
     }
     assert data["timeouts"]["job_deadline"] == 3600.0
     assert list(data) == [
@@ -670,6 +683,7 @@ def test_json_round_trip(tmp_path: Path) -> None:
         "ca_bundle",
         "shares_dir_mode",
         "warnings",
+        "warning_records",
         "settings",
         "sources",
         "fingerprint",
@@ -753,8 +767,8 @@ def test_explain_names_every_value_and_its_source(tmp_path: Path) -> None:
         lines
     )
     assert lines[-2] == (
-        "warning: environment variable MARS_USE_SHARE is not a marsconn setting and is "
-        "ignored; did you mean MARS_USE_SHARES?"
+        "warning: environment variable MARS_USE_SHARE: not a marsconn setting, ignored; "
+        "did you mean MARS_USE_SHARES?"
     )
     assert lines[-1] == f"fingerprint: {plan.fingerprint}"
 
@@ -801,7 +815,7 @@ def test_fingerprint_covers_behaviour_not_provenance(tmp_path: Path) -> None:
         (ONE, {"MARS_SHARES_PORT": "9101"}),
         (ONE, {"MARS_REQUEST_TIMEOUT": "31"}),
         (ONE, {"MARS_FAILOVER_ORDER": "listed"}),
-        (ONE, {"MARS_CA_BUNDLE": "/etc/ssl/x.pem"}),
+        (ONE, {"MARS_CA_BUNDLE": CA_PEM}),
         (ONE, {"MARS_CLIENT_FILTER_LOGS": "false"}),
         (ONE, {"MARS_USE_SHARES": "true", "MARS_FORCE_WEBSOCKET_MODE": "true"}),
         (ONE, {"MARS_RETRY_BACKOFF": "exponential"}),
@@ -991,7 +1005,7 @@ def test_missing_config_file_is_a_plan_warning_and_in_the_audit_event(tmp_path: 
     log = Quiet()
     plan = resolve(ONE, env={"MARS_CONFIG_FILE": str(missing)}, logger=log)
     warning = (
-        f"environment variable MARS_CONFIG_FILE names YAML config file {str(missing)!r}, which "
+        f"environment variable MARS_CONFIG_FILE: names YAML config file {str(missing)!r}, which "
         "does not exist; it is ignored and the other sources and defaults apply (as "
         "cads-mars-server does); `marsconn validate` reports this as an error"
     )
@@ -1089,7 +1103,8 @@ def test_fallback_event_says_why_and_what_to_change() -> None:
         (
             None,
             "install cads-mars-server >= 0.3.0 on this worker, or declare the servers' version "
-            "(resolve_plan(server_version=...), marsconn --assume-server-version)",
+            "(resolve_plan(server_version=...), "
+            "marsconn validate --assume-server-version 0.3.0)",
         ),
         ("garbage", "install a released cads-mars-server >= 0.3.0"),
     ],
@@ -1220,3 +1235,68 @@ def test_bare_host_means_the_pipe_port() -> None:
         "http://host-c:9000",
         "http://[fd00::5]:9100",
     ]
+
+
+# --- settings that have no effect, or contradict each other ------------------------------------
+
+
+def test_equal_pipe_and_shares_ports_are_a_warning_the_plan_still_resolves() -> None:
+    plan = resolve(ONE, env={"MARS_SHARES_PORT": "9000"})
+    assert plan.mode is Mode.PIPE
+    assert plan.urls == ["http://mars-1:9000"]
+    [record] = plan.warning_records
+    assert record.where == (
+        "pipe_port (default) and shares_port (environment variable MARS_SHARES_PORT)"
+    )
+    assert record.message.startswith("both are 9000: a worker's pipe and WebSocket servers")
+    assert record.accepted == "two different ports (by default 9000 and 9001)"
+    assert plan.warnings == (str(record),)
+
+
+def test_ws_servers_in_pipe_mode_are_a_warning() -> None:
+    plan = resolve(ONE, env={"MARS_WS_SERVERS": "ws://w:9001"})
+    assert plan.warnings == (
+        "environment variable MARS_WS_SERVERS: set but not used: only WebSocket mode uses it, "
+        "and this plan is in pipe mode",
+    )
+    assert resolve(ONE).warnings == ()
+
+
+def test_bare_host_in_pipe_mode_shows_its_rewrite() -> None:
+    plan = resolve({"mars_servers": "mars-1, mars-2:9000"})
+    assert [
+        (e.url.display(), e.derived_from and e.derived_from.display()) for e in plan.endpoints
+    ] == [
+        ("http://mars-1:9000", "http://mars-1"),
+        ("http://mars-2:9000", None),
+    ]
+    assert "  1. http://mars-1:9000 <- http://mars-1   [adaptor config key 'mars_servers[0]']" in (
+        plan.explain().splitlines()
+    )
+    assert plan.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        ("http://a..b:9000", "has an empty label (two dots in a row, or a leading dot)"),
+        ("http://h1,h2:9000", "contains ','"),
+    ],
+)
+def test_impossible_host_names_in_a_list_file_are_errors(
+    tmp_path: Path, written: str, reason: str
+) -> None:
+    listed = write(tmp_path / "s.list", f"http://ok:9000\n{written}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(env={"MARS_API_SERVER_LIST": str(listed)})
+    [problem] = info.value.problems
+    assert problem.where == f"{listed}:2 (server list)"
+    assert problem.message.startswith("impossible host name ")
+    assert reason in problem.message
+
+
+def test_warning_records_survive_serialisation() -> None:
+    plan = resolve(ONE, env={"MARS_SHARES_PORT": "9000"})
+    back = ConnectionPlan.from_json(plan.to_json())
+    assert back.warning_records == plan.warning_records
+    assert back == plan

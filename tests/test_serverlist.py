@@ -102,7 +102,8 @@ def test_unreadable_file_names_the_setting_and_the_reason(tmp_path: Path) -> Non
         [
             Problem(
                 "adaptor config key 'mars_server_list'",
-                f"server-list file {str(tmp_path)!r} cannot be read: Is a directory",
+                f"server-list file {str(tmp_path)!r} cannot be read: "
+                "a directory, not a regular file",
                 accepted=ACCEPTED_FILE,
             )
         ],

@@ -25,6 +25,8 @@ from marsconn.settings import (
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 BOOL = "true/false, 1/0, yes/no, on/off (any case)"
 PORT = "a whole number from 1 to 65535"
+SECONDS = "a number of seconds greater than 0, at most 604800 (7 days)"
+SECONDS0 = "a number of seconds from 0 to 604800 (7 days)"
 
 
 @pytest.fixture(autouse=True)
@@ -179,8 +181,9 @@ def test_ws_servers_syntax(value: str, servers: list[str]) -> None:
 
 def test_ws_servers_broken_list_is_an_error() -> None:
     assert problems_of(env={"MARS_WS_SERVERS": "[ws://a, [ws://b]"}) == [
-        "environment variable MARS_WS_SERVERS: input should be a valid list "
-        "(got '[ws://a, [ws://b]'); accepted: comma-separated server URLs, "
+        "environment variable MARS_WS_SERVERS: not a valid YAML/JSON list (expected ',' or "
+        "']', but got '<stream end>') (got '[ws://a, [ws://b]'); accepted: comma-separated "
+        "server URLs, "
         "or a list of URLs in YAML/JSON"
     ]
 
@@ -215,22 +218,22 @@ def test_every_bad_value_is_reported_at_once() -> None:
             "environment variable MARS_SHARES_PORT: input should be less than or equal to "
             f"65535 (got '70000'); accepted: {PORT}",
             "environment variable MARS_REQUEST_TIMEOUT: input should be greater than 0 "
-            "(got '0'); accepted: a number of seconds greater than 0",
+            f"(got '0'); accepted: {SECONDS}",
             "environment variable MARS_RETRY_DELAY: input should be greater than or equal to 0 "
-            "(got '-1'); accepted: a number of seconds, 0 or more",
+            f"(got '-1'); accepted: {SECONDS0}",
             "environment variable MARS_MAX_RETRIES: input should be greater than or equal to 1 "
-            "(got '0'); accepted: a whole number, 1 or more",
+            "(got '0'); accepted: a whole number from 1 to 1000",
             "environment variable MARS_FAILOVER_ORDER: input should be 'listed', 'shuffled' or "
             "'stable' (got 'random'); accepted: listed, shuffled or stable",
             "environment variable MARS_REQUIRED_SERVER_VERSION: not a version number "
             "(got 'x.y'); accepted: a version number such as 0.3.0",
             "environment variable MARS_JOB_DEADLINE: input should be a valid number, unable to "
-            "parse string as a number (got 'soon'); accepted: a number of seconds greater "
-            "than 0, or none/null to disable",
+            f"parse string as a number (got 'soon'); accepted: {SECONDS}, or none/null to "
+            "disable",
             "environment variable MARS_CONNECT_TIMEOUT: input should be a finite number "
-            "(got '1e400'); accepted: a number of seconds greater than 0",
+            f"(got '1e400'); accepted: {SECONDS}",
             "environment variable MARS_READ_TIMEOUT: input should be a finite number "
-            "(got 'nan'); accepted: a number of seconds greater than 0",
+            f"(got 'nan'); accepted: {SECONDS}",
         ]
     )
 
@@ -558,7 +561,7 @@ def test_missing_config_file_named_by_the_environment_is_a_warning(tmp_path: Pat
     missing = tmp_path / "nope.yaml"
     loaded = load(env={"MARS_CONFIG_FILE": str(missing), "MARS_PIPE_PORT": "9100"})
     assert loaded.warnings == (
-        f"environment variable MARS_CONFIG_FILE names YAML config file {str(missing)!r}, "
+        f"environment variable MARS_CONFIG_FILE: names YAML config file {str(missing)!r}, "
         + MISSING_HINT,
     )
     # Everything else still applies, the rest from defaults.
@@ -573,7 +576,7 @@ def test_missing_config_file_named_by_a_dotenv_file_is_a_warning(tmp_path: Path)
     dotenv = write(tmp_path / "d.env", f"MARS_CONFIG_FILE={missing}\n")
     loaded = load(env_file=dotenv)
     assert loaded.warnings == (
-        f"{dotenv} (MARS_CONFIG_FILE) names YAML config file {str(missing)!r}, " + MISSING_HINT,
+        f"{dotenv} (MARS_CONFIG_FILE): names YAML config file {str(missing)!r}, " + MISSING_HINT,
     )
     assert loaded.settings == MarsSettings.model_construct()
 
@@ -603,19 +606,19 @@ def test_absent_default_yaml_is_silent_even_when_strict() -> None:
 def test_unreadable_yaml_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert problems_of(config_file=tmp_path) == [
         f"keyword override 'config_file': YAML config file {str(tmp_path)!r} cannot be read: "
-        "Is a directory; accepted: a readable UTF-8 YAML file"
+        "a directory, not a regular file; accepted: a readable UTF-8 YAML file"
     ]
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"pipe_port: 9000 # caf\xe9\n")
     assert problems_of(config_file=latin) == [
         f"keyword override 'config_file': YAML config file {str(latin)!r} cannot be read: "
-        "not UTF-8 text; accepted: a readable UTF-8 YAML file"
+        "not UTF-8 text (byte 21); accepted: a readable UTF-8 YAML file"
     ]
     # The default file, present but unreadable, is a problem too (absent would be fine).
     monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(tmp_path))
     assert problems_of() == [
         f"default YAML config: YAML config file {str(tmp_path)!r} cannot be read: "
-        "Is a directory; accepted: a readable UTF-8 YAML file"
+        "a directory, not a regular file; accepted: a readable UTF-8 YAML file"
     ]
 
 
@@ -634,11 +637,11 @@ def test_near_miss_variable_names_are_warnings(tmp_path: Path) -> None:
         env_file=dotenv,
     )
     assert loaded.warnings == (
-        "environment variable MARS_CONFIG_FILES is not a marsconn setting and is ignored; "
+        "environment variable MARS_CONFIG_FILES: not a marsconn setting, ignored; "
         "did you mean MARS_CONFIG_FILE?",
-        "environment variable MARS_USE_SHARE is not a marsconn setting and is ignored; "
+        "environment variable MARS_USE_SHARE: not a marsconn setting, ignored; "
         "did you mean MARS_USE_SHARES?",
-        f"{dotenv}: MARS_PIPE_PROT is not a marsconn setting and is ignored; "
+        f"{dotenv}:1 (MARS_PIPE_PROT): not a marsconn setting, ignored; "
         "did you mean MARS_PIPE_PORT?",
     )
     assert loaded.settings.use_shares is False
@@ -710,7 +713,7 @@ def test_plain_model_reports_source_problems(
     assert info.value.problems == (
         Problem(
             "environment variable MARS_CONFIG_FILE",
-            f"YAML config file {str(tmp_path)!r} cannot be read: Is a directory",
+            f"YAML config file {str(tmp_path)!r} cannot be read: a directory, not a regular file",
             accepted="a readable UTF-8 YAML file",
         ),
     )
@@ -880,3 +883,38 @@ def test_values_source_answers_per_field() -> None:
     assert source.get_field_value(info, "pipe_port") == ("9100", "pipe_port", False)
     assert source.get_field_value(info, "shares_port") == (None, "shares_port", False)
     assert source() == {"pipe_port": "9100"}
+
+
+def test_unknown_yaml_keys_are_warnings_with_a_suggestion(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(
+        "use_share: true\nmax_retires: 3\nshared_root: /cache\ndebug_mode: false\n"
+        "pipe_port: 9100\nfrobnicate: 1\n"
+    )
+    loaded = load(config_file=yaml_file)
+    # Read as if the typos were not there: the defaults apply to what they meant.
+    assert (loaded.settings.use_shares, loaded.settings.max_retries) == (False, 10)
+    assert loaded.settings.pipe_port == 9100
+    accepted = "; accepted: the YAML keys of `marsconn schema` (x-yaml-key)"
+    # cads-mars-server's own keys (shared_root, debug_mode) are expected in the shared file.
+    assert loaded.warnings == (
+        f"{yaml_file}:1 (key 'use_share'): not a key of marsconn or cads-mars-server, "
+        "ignored; did you mean 'use_shares'?" + accepted,
+        f"{yaml_file}:2 (key 'max_retires'): not a key of marsconn or cads-mars-server, "
+        "ignored; did you mean 'max_retries'?" + accepted,
+        f"{yaml_file}:6 (key 'frobnicate'): not a key of marsconn or cads-mars-server, "
+        "ignored" + accepted,
+    )
+    assert [w.where for w in loaded.warning_records] == [
+        f"{yaml_file}:1 (key 'use_share')",
+        f"{yaml_file}:2 (key 'max_retires')",
+        f"{yaml_file}:6 (key 'frobnicate')",
+    ]
+
+
+def test_unknown_yaml_key_warnings_are_bounded(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("".join(f"unknown_{i}: {i}\n" for i in range(25)))
+    loaded = load(config_file=yaml_file)
+    assert len(loaded.warnings) == 21
+    assert loaded.warnings[-1] == f"{yaml_file}: 5 more unknown keys, ignored"
