@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
 
 __all__ = [
     "EVENTS",
@@ -109,111 +109,53 @@ class ModeFallback(AuditEvent):
     required_version: str
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptStarted(AuditEvent):
-    """One attempt at running the job on one server begins."""
+# The executor's events are defined in ._job_events and loaded on first use (PEP 562):
+# resolving a plan, the common first use of marsconn, needs only the two above, and each
+# frozen dataclass costs about half a millisecond to create.
+_JOB_EVENTS = (
+    "AttemptStarted",
+    "AttemptFailed",
+    "AttemptSucceeded",
+    "Failover",
+    "ServerEjected",
+    "ServerRestored",
+    "JobFinished",
+)
 
-    EVENT: ClassVar[str] = "marsconn.attempt.started"
-    request_id: str
-    mode: str
-    server: str
-    attempt: int
-    pass_number: int
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptFailed(AuditEvent):
-    """An attempt failed; ``action`` says what happens next."""
-
-    EVENT: ClassVar[str] = "marsconn.attempt.failed"
-    LEVEL: ClassVar[str] = "warning"
-    request_id: str
-    mode: str
-    server: str
-    attempt: int
-    pass_number: int
-    error_class: str
-    error: str
-    action: str  # "next_server", "same_server" or "final"
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptSucceeded(AuditEvent):
-    """An attempt ran the job to completion."""
-
-    EVENT: ClassVar[str] = "marsconn.attempt.succeeded"
-    request_id: str
-    mode: str
-    server: str
-    attempt: int
-    pass_number: int
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failover(AuditEvent):
-    """The executor moves on from one server to the next."""
-
-    EVENT: ClassVar[str] = "marsconn.failover"
-    LEVEL: ClassVar[str] = "warning"
-    request_id: str
-    mode: str
-    from_server: str
-    to_server: str | None
-    error_class: str
-    sleep: float
-
-
-@dataclass(frozen=True, slots=True)
-class ServerEjected(AuditEvent):
-    """A server refused or timed out; it is tried last for ``cooldown`` seconds."""
-
-    EVENT: ClassVar[str] = "marsconn.server.ejected"
-    LEVEL: ClassVar[str] = "warning"
-    server: str
-    error_class: str
-    cooldown: float
-
-
-@dataclass(frozen=True, slots=True)
-class ServerRestored(AuditEvent):
-    """An ejected server answered again and is back in its normal place."""
-
-    EVENT: ClassVar[str] = "marsconn.server.restored"
-    server: str
-
-
-@dataclass(frozen=True, slots=True)
-class JobFinished(AuditEvent):
-    """A retrieval ended, successfully or not."""
-
-    EVENT: ClassVar[str] = "marsconn.job.finished"
-    request_id: str
-    mode: str
-    ok: bool
-    error_class: str | None
-    server: str | None
-    attempts: int
-    duration: float
-    bytes: int
-
-
-#: Every event type, keyed by its EVENT name.
-EVENTS: dict[str, type[AuditEvent]] = {
-    cls.EVENT: cls
-    for cls in (
-        PlanResolved,
-        ModeFallback,
-        AttemptStarted,
+if TYPE_CHECKING:
+    from ._job_events import (
         AttemptFailed,
+        AttemptStarted,
         AttemptSucceeded,
         Failover,
+        JobFinished,
         ServerEjected,
         ServerRestored,
-        JobFinished,
     )
-}
+
+    #: Every event type, keyed by its EVENT name.
+    EVENTS: dict[str, type[AuditEvent]]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _JOB_EVENTS:
+        from . import _job_events
+
+        return getattr(_job_events, name)
+    if name == "EVENTS":
+        from . import _job_events
+
+        events = {
+            cls.EVENT: cls
+            for cls in (
+                PlanResolved,
+                ModeFallback,
+                *(getattr(_job_events, n) for n in _JOB_EVENTS),
+            )
+        }
+        globals()["EVENTS"] = events
+        return events
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_logger() -> Any:

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
-from marsconn import __version__, cli, resolve_plan
-from marsconn import plan as plan_module
+from marsconn import __version__, capability, cli, resolve_plan
 from marsconn import settings as settings_module
 from marsconn.errors import ConfigError
 from marsconn.settings import MarsSettings
@@ -55,7 +54,7 @@ def _clean_environment(
     # Never this machine's /etc/cads-mars-server.yaml, nor its installed cads-mars-server.
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
     monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
-    monkeypatch.setattr(plan_module, "detect_server_version", lambda: None)
+    monkeypatch.setattr(capability, "detect_server_version", lambda package="": None)
     structlog.reset_defaults()
     yield
     # main() configures structlog for the process, bound to this test's stderr.

@@ -275,3 +275,13 @@ def test_without_the_peers_the_tests_skip_but_fail_in_ci(
         require_peer(absent, "config.py")
     absent.write_text("")
     assert require_peer(absent, "config.py") == absent
+
+
+def test_server_only_yaml_keys_are_the_ones_config_py_reads(config_source: Path) -> None:
+    # The keys of the shared YAML file that cads-mars-server reads and marsconn does not give
+    # no "unknown key" warning; that list must be exactly what config.py reads beyond ours.
+    text = config_source.read_text()
+    read = set(re.findall(r'_get_config\(\s*"MARS_\w+",\s*"(\w+)"', text))
+    read |= set(re.findall(r'_file_config\.get\("(\w+)"\)', text))
+    ours = {keys.yaml_key for keys in settings_module.setting_keys().values() if keys.yaml_key}
+    assert read - ours == set(settings_module.SERVER_YAML_KEYS)

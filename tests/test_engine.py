@@ -414,7 +414,7 @@ async def test_single_pass_never_sleeps(install, sleeps, target: Path) -> None:
     result = await run(make_plan([A, B, C], max_retries=1, retry_delay=10), target)
     assert transport.calls == [A, B, C]
     assert sleeps == []
-    assert "after 1 passes over 3 servers" in str(result.error)
+    assert "after 1 pass over 3 servers" in str(result.error)
 
 
 async def test_shuffled_order_comes_from_the_rng(install, target: Path) -> None:

@@ -266,7 +266,7 @@ def test_missing_config_file_warns_and_the_retrieval_runs(
         target_dir=mars_target.parent,
     )
     [warning] = context.said("warning")
-    assert "MARS_CONFIG_FILE names YAML config file" in warning
+    assert "MARS_CONFIG_FILE: names YAML config file" in warning
     assert mars_target.stat().st_size == 10
 
 
