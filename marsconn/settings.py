@@ -906,15 +906,6 @@ def _fast_validator() -> Any:
     return None if _fast is _NO_FAST_VALIDATOR else _fast
 
 
-def _path(value: str) -> Path:
-    try:
-        return Path(value)
-    except TypeError:
-        from pydantic_core import PydanticCustomError
-
-        raise PydanticCustomError("path_type", "Input is not a valid path") from None
-
-
 def _type_schema(annotation: Any, metadata: list[Any]) -> Any:
     """The core schema of one field type with its constraints, or None if not known here."""
     import types
@@ -951,13 +942,13 @@ def _type_schema(annotation: Any, metadata: list[Any]) -> Any:
         return cs.list_schema(cs.str_schema())
     if annotation is Path and not bounds:
         # As pydantic validates a Path: an instance, or a string made one.
-        from_str = cs.no_info_after_validator_function(_path, cs.str_schema())
+        from_str = cs.no_info_after_validator_function(Path, cs.str_schema())
         return cs.union_schema(
             [
                 cs.json_or_python_schema(
                     json_schema=from_str, python_schema=cs.is_instance_schema(Path)
                 ),
-                cs.no_info_after_validator_function(_path, cs.str_schema(strict=True)),
+                cs.no_info_after_validator_function(Path, cs.str_schema(strict=True)),
             ],
             custom_error_type="path_type",
             custom_error_message=f"Input is not a valid path for {Path}",
