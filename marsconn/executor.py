@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import reprlib
 import threading
 import time
 import uuid
@@ -30,7 +29,6 @@ from .errors import JobKilledError, NoServerAvailableError, PreflightError
 from .health import ServerHealth, default_health
 from .logs import LineLogger, LogHandler, LogSink
 from .plan import ConnectionPlan, Mode
-from .preflight import check_environ, check_requests, check_target
 from .result import Action, Attempt, Outcome, Result
 
 __all__ = [
@@ -178,15 +176,12 @@ def _normalise(
         env["request_id"] = str(uuid.uuid4())
     elif not isinstance(request_id, str) or _REQUEST_ID.fullmatch(request_id) is None:
         raise PreflightError(
-            f"environ['request_id'] is {reprlib.repr(request_id)}: not a UUID in the servers' "
-            "form; the pipe "
+            f"environ['request_id'] is {request_id!r}: not a UUID in the servers' form; the pipe "
             "server names MARS's log file after it and serves and deletes that log only for "
             "such ids, the WebSocket server names its request file after it. Accepted: 36 "
             "characters of lower-case hex digits and '-', as str(uuid.uuid4()) gives, or None "
             "(marsconn then generates one)"
         )
-    check_requests(reqs)
-    check_environ(env)
     return reqs, env, _target_path(target)
 
 
@@ -199,7 +194,6 @@ def _target_path(target: str | os.PathLike[str]) -> Path:
             f"target is a {type(target).__name__}; give the output file's path "
             "(a str or a path-like object)"
         ) from None
-    check_target(path)
     path = path.absolute()
     if path.is_dir():
         raise PreflightError(
