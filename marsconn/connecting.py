@@ -10,10 +10,13 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from .endpoints import ServerURL, redact
+from .errors import ConfigError, Problem
 from .jobstate import ServerLost
 from .result import Action, Outcome
+from .tls import client_context
 
-__all__ = ["connect_failure"]
+__all__ = ["connect_failure", "tls_context"]
 
 #: A transport's own classes for errors of its handshake: (class, text) or None.
 ExtraClassifier = Callable[[BaseException], "tuple[str, str] | None"]
@@ -39,4 +42,31 @@ def connect_failure(
         cls, text = "tls_error", f"TLS failed: {exc}"
     else:
         cls, text = (extra(exc) if extra else None) or ("connect_error", f"cannot connect: {exc}")
+    # A library's text may quote the URL it was given: one redaction rule for all of them.
+    text = redact(text)
     return Outcome.failed(Action.NEXT_SERVER, cls, ServerLost(f"{server}: {text}"), eject=True)
+
+
+def tls_context(url: ServerURL, ca_bundle: str | None) -> ssl.SSLContext | Outcome | None:
+    """The TLS context for ``url`` (None for plain ws/http), or the outcome if it cannot be made.
+
+    A CA bundle that cannot be loaded is this side's problem, the same for
+    every server: a final ``ca_bundle_error`` that ejects nobody, not a
+    connect failure on each server in turn.
+    """
+    if not url.is_tls:
+        return None
+    try:
+        return client_context(ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        error = ConfigError(
+            [
+                Problem(
+                    "ca_bundle",
+                    f"CA bundle {ca_bundle!r} cannot be used: {reason}",
+                    accepted="the path of a readable PEM file of CA certificates",
+                )
+            ]
+        )
+        return Outcome.failed(Action.FINAL, "ca_bundle_error", error)

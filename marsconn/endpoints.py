@@ -19,6 +19,7 @@ __all__ = [
     "Endpoint",
     "ServerURL",
     "URLError",
+    "basic_authorization",
     "parse_server_url",
     "redact",
     "to_websocket",
@@ -44,6 +45,8 @@ _TOKEN = r"[^\s,]+"
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
 # A URL in free text: from its scheme to the next white space or quote.
 _URL_IN_TEXT = r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*"
+# A path with a query in free text (an HTTP request line): "/mars?token=...".
+_PATH_IN_TEXT = r"(?<![^\s'\"(])/[^\s'\"<>?]*\?[^\s'\"<>]*"
 ACCEPTED_URL = "http(s)://host[:port][/path], ws(s)://host[:port][/path], host or host:port"
 
 
@@ -204,6 +207,19 @@ def _parse_general(raw: str) -> ServerURL:
     return ServerURL(scheme, host, port, path, userinfo)
 
 
+def basic_authorization(userinfo: str) -> str:
+    """The ``Authorization`` header value for a URL's credentials, in both modes.
+
+    ``user:password`` or a lone token (``ws://TOKEN@host``), each part
+    percent-decoded: ``Basic`` and the base64 of ``user:password``.
+    """
+    import base64
+    from urllib.parse import unquote
+
+    user, _, password = userinfo.partition(":")
+    return "Basic " + base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+
+
 def to_websocket(url: ServerURL, *, pipe_port: int, shares_port: int) -> ServerURL:
     """Translate a pipe-server URL into the WebSocket server's URL.
 
@@ -267,7 +283,8 @@ def redact(text: str) -> str:
     after a scheme (``ws://``), everything up to the last ``@`` before the
     next URL or the end of the line is credentials and hidden whole; in an
     item without a scheme (comma- or space-separated), everything up to its
-    last ``@``; in a URL, every query value (``?token=***``).
+    last ``@``; in a URL, or a path starting with ``/``, every query value
+    (``?token=***``).
     """
     if "@" not in text and "?" not in text:
         return text
@@ -277,6 +294,7 @@ def redact(text: str) -> str:
             line = re.sub(_TOKEN, lambda m: _redact_token(m.group()), _redact_userinfo(line))
         if "?" in line:
             line = re.sub(_URL_IN_TEXT, lambda m: _redact_query(m.group()), line)
+            line = re.sub(_PATH_IN_TEXT, lambda m: _redact_query(m.group()), line)
         lines[n] = line
     return "\n".join(lines)
 

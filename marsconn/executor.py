@@ -15,10 +15,11 @@ import json
 import os
 import random
 import re
+import reprlib
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,9 +27,11 @@ from typing import Any, Protocol
 from . import audit
 from .endpoints import Endpoint
 from .errors import JobKilledError, NoServerAvailableError, PreflightError
-from .health import ServerHealth, default_health
+from .health import Admission, ServerHealth, Ticket, default_health
+from .jobstate import ServerLost
 from .logs import LineLogger, LogHandler, LogSink
 from .plan import ConnectionPlan, Mode
+from .preflight import check_environ, check_requests, check_target
 from .result import Action, Attempt, Outcome, Result
 
 __all__ = [
@@ -111,6 +114,16 @@ class JobContext:
     job: Job
     #: None: the ``random`` module's shared generator (seeding one per call costs ~12 us).
     rng: random.Random | None = None
+    #: Set by the engine for each attempt: see :meth:`reached`.
+    on_reached: Callable[[], None] | None = None
+
+    def reached(self) -> None:
+        """The transport got an answer from the server (handshake, ping) and trusts it.
+
+        Ends the server's probe, so other retrievals may connect to it at once.
+        """
+        if self.on_reached is not None:
+            self.on_reached()
 
 
 class Transport(Protocol):
@@ -176,12 +189,15 @@ def _normalise(
         env["request_id"] = str(uuid.uuid4())
     elif not isinstance(request_id, str) or _REQUEST_ID.fullmatch(request_id) is None:
         raise PreflightError(
-            f"environ['request_id'] is {request_id!r}: not a UUID in the servers' form; the pipe "
+            f"environ['request_id'] is {reprlib.repr(request_id)}: not a UUID in the servers' "
+            "form; the pipe "
             "server names MARS's log file after it and serves and deletes that log only for "
             "such ids, the WebSocket server names its request file after it. Accepted: 36 "
             "characters of lower-case hex digits and '-', as str(uuid.uuid4()) gives, or None "
             "(marsconn then generates one)"
         )
+    check_requests(reqs)
+    check_environ(env)
     return reqs, env, _target_path(target)
 
 
@@ -194,6 +210,7 @@ def _target_path(target: str | os.PathLike[str]) -> Path:
             f"target is a {type(target).__name__}; give the output file's path "
             "(a str or a path-like object)"
         ) from None
+    check_target(path)
     path = path.absolute()
     if path.is_dir():
         raise PreflightError(
@@ -218,6 +235,50 @@ class _Walk:
     attempt_started: float = 0.0
 
 
+async def _admitted(
+    health: ServerHealth,
+    pending: list[Endpoint],
+    since: float,
+    cooldown: float,
+) -> tuple[Endpoint, Ticket]:
+    """The server to try next among ``pending``, and the ticket that lets this attempt go.
+
+    Servers another attempt is probing are passed over while others remain;
+    when only those are left, this waits for a probe to end (polling: the
+    registry is shared across threads and event loops).
+    """
+    delay = 0.001
+    while True:
+        busy_alive = False
+        for endpoint in health.reorder(pending, key=_health_key):
+            server = _health_key(endpoint)
+            if busy_alive and health.is_ejected(server):
+                break  # rather wait for a live server's probe than try an ejected one
+            ticket = health.admit(server, since, cooldown)
+            if ticket.admission is not Admission.WAIT:
+                return endpoint, ticket
+            busy_alive = busy_alive or not health.is_ejected(server)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _health_key(endpoint: Endpoint) -> str:
+    return endpoint.url.secret()
+
+
+def _skipped(ticket: Ticket, server: str, cooldown: float) -> Outcome:
+    """The outcome of not trying a server whose failure another retrieval just saw."""
+    return Outcome.failed(
+        Action.NEXT_SERVER,
+        "ejected",
+        ServerLost(
+            f"{server} not tried: another retrieval's attempt on it failed "
+            f"{ticket.failed_ago:.1f}s ago ({ticket.failure or 'unknown'}), so it is ejected "
+            f"for {cooldown:g}s"
+        ),
+    )
+
+
 async def _run_engine(
     plan: ConnectionPlan,
     transport: Transport,
@@ -227,22 +288,55 @@ async def _run_engine(
     state: _Walk,
 ) -> tuple[Outcome | None, str | None]:
     policy = plan.policy
+    cooldown = policy.eject_cooldown
     request_id = str(ctx.environ["request_id"])
     attempts = state.attempts
     last: Outcome | None = None
     order = policy.ordered(plan.endpoints, request_id, ctx.rng)
 
-    def healthy_first() -> list[Endpoint]:
-        return health.reorder(order, key=lambda e: e.url.secret())
+    def on_reached(ticket: Ticket, server: str) -> Callable[[], None]:
+        def reached() -> None:
+            if health.reached(ticket):
+                audit.emit(audit.ServerRestored(server), audit_logger)
 
-    walk = healthy_first()
+        return reached
+
     for pass_index in range(policy.max_passes):
         state.pass_number = pass_index + 1
-        next_walk = walk
-        for position, endpoint in enumerate(walk):
+        since = health.now()
+        pending = list(order)
+        while pending:
+            endpoint, ticket = await _admitted(health, pending, since, cooldown)
+            pending.remove(endpoint)
             server = endpoint.url.display()
+            if ticket.admission is Admission.SKIP:
+                last = _skipped(ticket, server, cooldown)
+                attempts.append(
+                    Attempt(
+                        server,
+                        Action.NEXT_SERVER.value,
+                        "ejected",
+                        str(last.error),
+                        0.0,
+                        pass_index + 1,
+                    )
+                )
+                audit.emit(
+                    audit.AttemptFailed(
+                        request_id,
+                        plan.mode.value,
+                        server,
+                        len(attempts),
+                        pass_index + 1,
+                        "ejected",
+                        str(last.error),
+                        Action.NEXT_SERVER.value,
+                        0.0,
+                    ),
+                    audit_logger,
+                )
             same_host = 0
-            while True:
+            while ticket.admission is not Admission.SKIP:
                 audit.emit(
                     audit.AttemptStarted(
                         request_id, plan.mode.value, server, len(attempts) + 1, pass_index + 1
@@ -250,8 +344,15 @@ async def _run_engine(
                     audit_logger,
                 )
                 ctx.job.server = state.server = server
+                ctx.on_reached = on_reached(ticket, server)
                 started = state.attempt_started = time.perf_counter()
-                outcome = await transport.attempt(endpoint, ctx)
+                try:
+                    outcome = await transport.attempt(endpoint, ctx)
+                except BaseException:
+                    health.done(ticket)
+                    raise
+                finally:
+                    ctx.on_reached = None
                 duration = time.perf_counter() - started
                 last = outcome
                 retry_here = (
@@ -277,7 +378,8 @@ async def _run_engine(
                     )
                 )
                 if action is Action.SUCCESS:
-                    if health.restore(endpoint.url.secret()):
+                    health.done(ticket)
+                    if health.restore(_health_key(endpoint)):
                         audit.emit(audit.ServerRestored(server), audit_logger)
                     audit.emit(
                         audit.AttemptSucceeded(
@@ -305,11 +407,10 @@ async def _run_engine(
                     ),
                     audit_logger,
                 )
-                if outcome.eject and health.eject(endpoint.url.secret(), policy.eject_cooldown):
+                failure = (outcome.error_class or "unknown") if outcome.eject else None
+                if health.done(ticket, failure, cooldown):
                     audit.emit(
-                        audit.ServerEjected(
-                            server, outcome.error_class or "unknown", policy.eject_cooldown
-                        ),
+                        audit.ServerEjected(server, outcome.error_class or "unknown", cooldown),
                         audit_logger,
                     )
                 if action is Action.FINAL:
@@ -318,16 +419,17 @@ async def _run_engine(
                     break
                 same_host += 1
                 await asyncio.sleep(policy.backoff(same_host - 1, ctx.rng))
-            last_of_pass = position == len(walk) - 1
-            if last_of_pass and pass_index == policy.max_passes - 1:
+                ticket = health.enter(_health_key(endpoint))
+            if not pending and pass_index == policy.max_passes - 1:
                 break
-            if last_of_pass:
-                # The next pass starts from a fresh health order: name the server it will
-                # really try first.
-                next_walk = healthy_first()
-                nxt, sleep = next_walk[0], policy.backoff(pass_index, ctx.rng)
+            assert last is not None
+            if pending:
+                nxt, sleep = health.reorder(pending, key=_health_key)[0], 0.0
             else:
-                nxt, sleep = walk[position + 1], 0.0
+                # The next pass starts from a fresh health order: name the server it will
+                # most likely try first.
+                nxt = health.reorder(order, key=_health_key)[0]
+                sleep = policy.backoff(pass_index, ctx.rng)
             audit.emit(
                 audit.Failover(
                     request_id,
@@ -341,7 +443,6 @@ async def _run_engine(
             )
             if sleep:
                 await asyncio.sleep(sleep)
-        walk = next_walk
     return last, None
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import JobKilledError, MarsRequestError
+from .errors import JobKilledError, MarsRequestError, clip
+from .logs import neutralise
 from .result import Action, Outcome
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 CAPACITY_CLOSE_CODE = 1008
+#: Most characters of a server's own text (an error, a close reason) kept in an error message.
+_SERVER_TEXT = 500
 
 
 class JobPhase(StrEnum):
@@ -146,7 +149,8 @@ class WsJobMachine:
             )
         if status == "error":
             self.server_done = True
-            text = str(msg.get("error", "unspecified error"))
+            # The server's own text: bounded, and unable to forge lines where it is shown.
+            text = neutralise(clip(str(msg.get("error", "unspecified error")), _SERVER_TEXT))
             return self._end(
                 Outcome.failed(
                     Action.NEXT_SERVER,
@@ -209,6 +213,7 @@ class WsJobMachine:
         """The connection closed; classify it unless the job already ended."""
         if self.outcome is not None:
             return self.outcome
+        reason = neutralise(clip(reason, _SERVER_TEXT))
         if code == CAPACITY_CLOSE_CODE:
             return self._end(
                 Outcome.failed(

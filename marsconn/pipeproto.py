@@ -643,6 +643,19 @@ def _int_header(value: str | None) -> int | None:
         return None
 
 
+def _shown_location(location: str) -> str:
+    """A redirect's target as it may appear in an error: redacted, neutralised, cut."""
+    from .endpoints import redact
+    from .logs import neutralise
+
+    shown = redact(location)
+    if "?" in shown and "://" not in shown:  # a relative Location's query
+        shown = shown.partition("?")[0] + "?***"
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
+    return repr(neutralise(shown))
+
+
 def classify_status(
     status: int, headers: Mapping[str, str], *, server: str = "", detail: str = ""
 ) -> Verdict:
@@ -656,9 +669,10 @@ def classify_status(
     (0/1) override these defaults one flag each; when the flags say
     neither, the answer is final. A 500 with ``X-MARS-SIGNAL`` means MARS
     was killed: class ``mars_killed``, error
-    :class:`~marsconn.errors.JobKilledError`. Other failures have class
-    ``http_<status>``. ``detail`` (e.g. a preview of the body) is appended
-    to the error message.
+    :class:`~marsconn.errors.JobKilledError`. A 3xx is a redirect, never
+    followed: class ``redirected``, next server, naming where it pointed
+    (redacted). Other failures have class ``http_<status>``. ``detail``
+    (e.g. a preview of the body) is appended to the error message.
     """
     if status == 200:
         return Verdict(Action.SUCCESS, None, None)
@@ -686,6 +700,18 @@ def classify_status(
             server=server,
         )
         return Verdict(action, "mars_rejected", error, nxt)
+    if 300 <= status < 400:
+        # Never followed: the plan names the servers, and a redirect would take the job (and
+        # the credentials) elsewhere while the audit events name this server.
+        location = lowered.get("location")
+        to = f" to {_shown_location(location)}" if location else " without a Location"
+        error = PipeStatusError(
+            f"{server or 'the server'} answered HTTP {status}, a redirect{to}; redirects are "
+            f"not followed (only the plan's servers are contacted){tail}",
+            status=status,
+            server=server,
+        )
+        return Verdict(action, "redirected", error, nxt)
     signal = lowered.get("x-mars-signal")
     if status == 500 and signal is not None:
         error = JobKilledError(

@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .endpoints import Endpoint
+from .endpoints import Endpoint, redact
+from .errors import clip
+from .logs import neutralise
 from .plan import ConnectionPlan, Mode
 from .tls import client_context
 
@@ -35,13 +37,13 @@ class ProbeResult:
 
 
 async def _ws(endpoint: Endpoint, plan: ConnectionPlan) -> str:
-    from websockets.asyncio.client import connect
+    from .wsconnect import open_websocket
 
     url = endpoint.url
-    ws = await connect(
-        url.secret(),
-        ssl=client_context(plan.ca_bundle) if url.is_tls else None,
-        proxy=None,  # as the executor: MARS workers are reached directly
+    # As the executor: credentials as a header, no redirects, no proxy, redacted logs.
+    ws = await open_websocket(
+        url,
+        client_context(plan.ca_bundle) if url.is_tls else None,
         open_timeout=None,
         compression=None,
         close_timeout=1,
@@ -86,7 +88,8 @@ async def _one(endpoint: Endpoint, plan: ConnectionPlan) -> ProbeResult:
     except TimeoutError:
         ok, detail = False, f"no answer within {plan.timeouts.connect:g}s"
     except Exception as exc:
-        ok, detail = False, f"{type(exc).__name__}: {exc}"
+        # A library's text may quote the URL it was given, or the server's answer.
+        ok, detail = False, neutralise(clip(redact(f"{type(exc).__name__}: {exc}"), 500))
     return ProbeResult(endpoint.url.display(), ok, time.perf_counter() - started, detail)
 
 

@@ -25,11 +25,13 @@ import os
 import re
 import secrets
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from . import __version__
-from .connecting import connect_failure
+from .connecting import connect_failure, tls_context
 from .endpoints import Endpoint, ServerURL
 from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
 from .executor import JobContext
@@ -69,6 +71,8 @@ _MAX_LOG_LINE = 64 * 1024
 # when read_timeout is long.
 _KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 _UID = re.compile(r"[a-f0-9-]{36}")
+# Characters kept as they are when a server URL's path and query go into a request line.
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?"
 _CLOSE_GRACE = 1.0
 # Most pieces one writev takes (POSIX guarantees at least 16; Linux has 1024).
 _IOV_MAX = max(16, min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16))
@@ -298,6 +302,18 @@ async def _open(url: ServerURL, plan: ConnectionPlan) -> _Conn:
     return _Conn(wire)
 
 
+def _ascii_host(url: ServerURL) -> str:
+    """The Host header's name: IDNA for a name in other scripts (percent-encoded if not even
+    that works: the connection then fails on the name, and says so)."""
+    host = url.netloc_host
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return quote(host, safe="[]:")
+
+
 def _connect_failed(exc: BaseException, server: str, seconds: float) -> Outcome:
     return connect_failure(exc, server, f"no TCP/TLS connection within {seconds:g}s")
 
@@ -311,10 +327,12 @@ class _Session:
         self.server = endpoint.url.display()
         self.conn: _Conn | None = None
         base, _, query = self.url.path.partition("?")
-        self._base = base.rstrip("/")
-        self._query = f"?{query}" if query else ""
+        # The request head is ASCII: a path or host name in other scripts is sent encoded
+        # (percent-encoding, IDNA), as a browser or websockets would.
+        self._base = quote(base.rstrip("/"), safe=_URL_SAFE)
+        self._query = f"?{quote(query, safe=_URL_SAFE)}" if query else ""
         port = f":{self.url.port}" if self.url.port is not None else ""
-        self._host = f"{self.url.netloc_host}{port}"
+        self._host = f"{_ascii_host(self.url)}{port}"
 
     def _request(self, method: str, name: str, body: bytes | None) -> bytes:
         return encode_request(
@@ -447,6 +465,7 @@ class _PartFile:
             with contextlib.suppress(Exception):
                 await sync
             raise
+        _keep_mode(self.fd, target)
         self.close()
         os.replace(self.path, target)
         _fsync_dir(target.parent)
@@ -460,6 +479,25 @@ class _PartFile:
         self.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _keep_mode(fd: int, target: Path) -> None:
+    """Give the new file an existing target's permission bits; refuse to replace a special file.
+
+    The rename replaces whatever is at ``target``: a device such as ``/dev/null`` (which
+    root may replace) or a FIFO that appeared there since the pre-flight checks is left alone.
+    """
+    try:
+        old = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(old.st_mode):
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
+    elif not stat.S_ISLNK(old.st_mode):
+        raise TargetError(
+            f"{target} is not a regular file (a device, FIFO, socket or directory); "
+            "it is left as it is and the output discarded"
+        )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -629,6 +667,9 @@ class PipeTransport:
         except (OSError, TargetError) as exc:
             return _target_failure(exc, ctx.target)
         timeouts = ctx.plan.timeouts
+        tls = tls_context(session.url, ctx.plan.ca_bundle)
+        if isinstance(tls, Outcome):
+            return tls
         try:
             await session.ensure()
         except asyncio.CancelledError:
@@ -638,6 +679,7 @@ class PipeTransport:
         failure = await self._ping(session)
         if failure is not None:
             return failure
+        ctx.reached()
         while self._done < len(ctx.requests):
             try:
                 posted = await self._run_request(session, ctx, part, self._done)
@@ -667,7 +709,7 @@ class PipeTransport:
             return await self._no_data(session, ctx)
         try:
             await part.commit(ctx.target)
-        except OSError as exc:
+        except (OSError, TargetError) as exc:
             return _target_failure(exc, ctx.target)
         return Outcome.success(part.size, self._job_id)
 

@@ -21,17 +21,17 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .attemptdir import AttemptDir
-from .connecting import connect_failure
+from .connecting import connect_failure, tls_context
 from .endpoints import Endpoint
 from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError
 from .executor import JobContext
 from .jobstate import KILL_MESSAGE, JobPhase, LogLine, Started, WsJobMachine, start_message
 from .result import Action, Outcome
-from .tls import client_context
+from .wsconnect import open_websocket, redirect_failure
 
 __all__ = ["WebSocketTransport"]
 
@@ -47,6 +47,9 @@ _PING_CONFIRM_MAX = 10.0
 
 
 def _handshake_failure(exc: BaseException) -> tuple[str, str] | None:
+    redirected = redirect_failure(exc)
+    if redirected is not None:
+        return redirected
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         return "handshake_status", f"answered HTTP {status} instead of a WebSocket upgrade"
@@ -115,14 +118,15 @@ class WebSocketTransport:
         timeouts = ctx.plan.timeouts
         server = endpoint.url.display()
         url = endpoint.url
+        tls = tls_context(url, ctx.plan.ca_bundle)
+        if isinstance(tls, Outcome):
+            return tls
         try:
             async with asyncio.timeout(timeouts.connect):
-                ws = await connect(
-                    url.secret(),
-                    ssl=client_context(ctx.plan.ca_bundle) if url.is_tls else None,
-                    # MARS workers are reached directly, never through an HTTP(S)_PROXY
-                    # meant for the outside world (websockets would use it by default).
-                    proxy=None,
+                # Credentials as a header, no redirects, websockets' logs redacted.
+                ws = await open_websocket(
+                    url,
+                    tls,
                     open_timeout=None,
                     ping_interval=timeouts.ws_ping_interval,
                     ping_timeout=timeouts.ws_ping_interval,
@@ -139,6 +143,7 @@ class WebSocketTransport:
                 f"no WebSocket handshake within {timeouts.connect:g}s",
                 _handshake_failure,
             )
+        ctx.reached()
         machine = WsJobMachine(server)
         try:
             outcome = await self._converse(ws, machine, ctx, str(place.output))

@@ -467,7 +467,7 @@ def test_any_split_of_the_wire_gives_the_same_output(
         (429, Action.NEXT_SERVER, "http_429"),
         (404, Action.NEXT_SERVER, "http_404"),
         (401, Action.NEXT_SERVER, "http_401"),
-        (301, Action.NEXT_SERVER, "http_301"),
+        (301, Action.NEXT_SERVER, "redirected"),
         (501, Action.NEXT_SERVER, "http_501"),
     ],
 )
