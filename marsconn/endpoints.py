@@ -20,8 +20,10 @@ __all__ = [
     "ServerURL",
     "URLError",
     "basic_authorization",
+    "credentials_split_by_comma",
     "parse_server_url",
     "redact",
+    "redact_value",
     "to_websocket",
 ]
 
@@ -176,7 +178,7 @@ def _parse_general(raw: str) -> ServerURL:
     scheme = parts.scheme.lower()
     if scheme not in _WS_FOR:
         raise URLError(f"unsupported scheme {parts.scheme!r}")
-    if "@" in raw.partition("://")[2] and "@" not in parts.netloc:
+    if "@" in parts.path + parts.query + parts.fragment:
         # "user:pa/ss@host" or "user:pa#ss@host": the '@' is read as part of a path, query or
         # fragment, and what looks like a host or port is part of the credentials.
         raise URLError(
@@ -205,6 +207,39 @@ def _parse_general(raw: str) -> ServerURL:
     # .hostname is already lower-cased: DNS names are case-insensitive, which
     # keeps duplicate detection and fingerprints stable.
     return ServerURL(scheme, host, port, path, userinfo)
+
+
+def redact_value(text: str) -> str:
+    """:func:`redact`, stricter, for a configured value: one URL, or a list as written.
+
+    In a value nothing but URLs is expected, so before its first scheme
+    (``user:pa ss@host``, ``['agent:pw@h', ...]``) everything up to the last
+    ``@`` is hidden, whatever separates it: a password may hold a comma or
+    white space, and which part is a host cannot be known.
+    """
+    lines = text.split("\n")
+    for n, line in enumerate(lines):
+        first = re.search(_SCHEME, line)
+        end = first.start() if first is not None else len(line)
+        at = line.rfind("@", 0, end)
+        if at >= 0:
+            lines[n] = "***" + line[at:]
+    return redact("\n".join(lines))
+
+
+def credentials_split_by_comma(text: str) -> bool:
+    """Whether splitting ``text`` at its commas would cut a URL's credentials in two.
+
+    True for a comma inside the credentials after a scheme
+    (``ws://user:pa,ss@host``), and for any item with credentials but no
+    scheme: in ``user:pa,ss@host`` (or ``user:1234,5@host``) no rule can
+    tell a password's comma from a list's.
+    """
+    if "@" not in text:
+        return False
+    if redact(text).count(",") < text.count(","):
+        return True
+    return any("@" in item and "://" not in item for item in text.split(","))
 
 
 def basic_authorization(userinfo: str) -> str:

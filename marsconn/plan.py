@@ -21,7 +21,7 @@ from .endpoints import (
     ServerURL,
     URLError,
     parse_server_url,
-    redact,
+    redact_value,
     to_websocket,
 )
 from .errors import ConfigError, Problem
@@ -178,7 +178,7 @@ def _jsonable(value: Any) -> Any:
 def _shown(name: str, value: Any) -> Any:
     """A setting's value as JSON-ready data, credentials in server URLs redacted."""
     if name in _URL_SETTINGS and isinstance(value, list | tuple):
-        return [redact(v) if isinstance(v, str) else v for v in value]
+        return [redact_value(v) if isinstance(v, str) else v for v in value]
     return _jsonable(value)
 
 
@@ -625,7 +625,9 @@ def _parse_entries(
             url = parse_server_url(entry.text)
         except URLError as exc:
             problems.append(
-                Problem(entry.provenance.describe(), str(exc), redact(entry.text), ACCEPTED_URL)
+                Problem(
+                    entry.provenance.describe(), str(exc), redact_value(entry.text), ACCEPTED_URL
+                )
             )
             continue
         derived: ServerURL | None = None

@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .configfiles import FileProblem, load_yaml, read_regular_file
-from .endpoints import redact
+from .endpoints import credentials_split_by_comma, redact_value
 from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
 
@@ -404,12 +404,14 @@ class MarsSettings(BaseSettings):
                 except yaml.YAMLError as exc:
                     detail = getattr(exc, "problem", None) or "invalid YAML"
                     raise ValueError(f"not a valid YAML/JSON list ({detail})") from None
-            if "," in text and redact(text).count(",") < text.count(","):
+            if "," in text and credentials_split_by_comma(text):
                 # A comma inside a URL's credentials: splitting there would cut the secret
                 # in two and show one half as a host name.
                 raise ValueError(
-                    "a comma inside a URL's credentials; percent-encode it as %2C "
-                    "(or give the servers as a YAML/JSON list)"
+                    "a comma inside a URL's credentials, or credentials without a scheme: "
+                    "the list cannot be split safely; percent-encode a comma in credentials "
+                    "as %2C and write the scheme (http://user:password@host), or give the "
+                    "servers as a YAML/JSON list"
                 )
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
@@ -861,7 +863,7 @@ def _redact(value: Any) -> str:
 
     shown = reprlib.Repr()  # keyword arguments only from Python 3.12
     shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 3, 300, 300, 60
-    return redact(value[:2000] if isinstance(value, str) else shown.repr(value))
+    return redact_value(value[:2000] if isinstance(value, str) else shown.repr(value))
 
 
 def _validated(values: Mapping[str, Any]) -> MarsSettings:
