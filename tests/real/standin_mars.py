@@ -28,6 +28,8 @@ block's data. ``fakeexit`` (0): when non-zero, print an error line (and
 ``fakefailafter`` bytes when that is given too.
 ``fakerewind`` (pipe): after that many bytes send an ``RWND`` chunk and start
 the block's data again.
+``fakecontrol``: when set, one more log line carrying escape sequences, a
+carriage return and a bell, as a hostile or broken MARS might print.
 
 Bookkeeping, so tests can count runs and kill leftovers: the pid is written to
 ``$MARS_STANDIN_PIDDIR/<pid>`` while running, and one JSON line per event
@@ -48,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 PIECE = 64 * 1024
+#: The line ``fakecontrol`` prints.
+CONTROL_LINE = "mars - INFO - \x1b[31mred\x1b[0m over\rwritten\x07"
 
 
 class Run:
@@ -162,6 +166,8 @@ def print_lines(block: dict[str, str]) -> None:
         say(f"mars - INFO - line {i} of {count}")
         if delay and i < count:
             time.sleep(delay)
+    if block.get("fakecontrol"):
+        say(CONTROL_LINE)
 
 
 def die(block: dict[str, str]) -> None:
