@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import MutableMapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -50,9 +49,6 @@ class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
             except (TypeError, ValueError):
                 text = " ".join([text, *map(str, args)])
         self.logger.log(level, _scrub(text), **kwargs)
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return msg, kwargs
 
 
 _LOGGER = _RedactingLogger(logging.getLogger("websockets.client"), {})

@@ -160,6 +160,19 @@ async def test_waiting_retrievals_take_the_probes_failure_as_theirs(
         assert all(len(r.attempts) == 2 for r in results)  # one per pass, tried or not
 
 
+async def test_an_ejected_server_that_answers_its_probe_is_restored_at_once(
+    live: list[str], ws_plan: PlanFactory, tmp_path: Path
+) -> None:
+    plan = ws_plan(live[:1], eject_cooldown=30)
+    events, health = Events(), ServerHealth()
+    health.eject(live[0], 30)
+    results = await burst(plan, health, events, tmp_path, 10)
+    assert all(r.ok for r in results)
+    restored = [kw for event, kw in events.events if event == "marsconn.server.restored"]
+    assert restored == [{"server": live[0]}]  # at the probe's handshake, once
+    assert not health.is_ejected(live[0])
+
+
 async def test_a_single_retrieval_still_tries_an_ejected_server_each_pass(
     ws_plan: PlanFactory, tmp_path: Path
 ) -> None:
