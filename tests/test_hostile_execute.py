@@ -238,6 +238,33 @@ def test_probe_output_never_shows_a_token(capsys: pytest.CaptureFixture[str]) ->
     assert "QtK7x" not in out + err
 
 
+def test_retrieve_output_never_shows_a_token(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    request = tmp_path / "request.json"
+    request.write_text('{"param": "2t"}')
+    url = f"ws://{TOKEN}@127.0.0.1:{free_port()}/?token=QtK7x"
+    argv = ["retrieve", str(request), "--target", str(tmp_path / "out.grib"), "--server", url]
+    argv += [
+        "--set",
+        "use_shares=true",
+        "--set",
+        "force_websocket_mode=1",
+        "--set",
+        "max_retries=1",
+    ]
+    for extra in ([], ["--json"]):
+        try:
+            code = cli_main([*argv, *extra])
+        finally:
+            structlog.reset_defaults()
+        out, err = capsys.readouterr()
+        assert code != 0
+        assert "127.0.0.1" in out + err
+        assert TOKEN not in out + err
+        assert "QtK7x" not in out + err
+
+
 # --- injection into MARS's request and environment --------------------------------------------
 
 INJECTIONS = [
