@@ -167,11 +167,13 @@ class LogSink:
     async def line(self, raw: str) -> None:
         """Process one raw line from MARS."""
         self.lines_seen += 1
-        # Neutralised before anything sees it: the handler, the logger and Result.message.
-        line = neutralise(raw.rstrip("\r\n"))
+        line = raw.rstrip("\r\n")
         level = classify_line(line)
+        # Kept raw, neutralised in ``text``: the check costs a scan of the line, and most
+        # lines are noise that nothing else ever sees.
         self._keep(line, level == "error")
         if self._handler is not None:
+            line = neutralise(line)
             try:
                 shown = self._handler(line, self.job, self._logger)
                 if inspect.isawaitable(shown):
@@ -182,11 +184,11 @@ class LogSink:
                 return
             line = str(shown)
             level = classify_line(line) or "info"
-        elif level is None:
-            if not self._filter:
-                level = "info"
-            else:
-                return
+        elif level is None and self._filter:
+            return
+        else:
+            level = level or "info"
+            line = neutralise(line)
         if line == self._last and self._filter:
             self._repeats += 1
             return
@@ -200,8 +202,11 @@ class LogSink:
 
     @property
     def text(self) -> str:
-        """The kept raw lines in arrival order, with a note where lines were dropped."""
-        lines = list(self._head)
+        """The kept raw lines in arrival order, with a note where lines were dropped.
+
+        Every line is neutralised (see :func:`neutralise`): one server line, one line here.
+        """
+        lines = [neutralise(line) for line in self._head]
         if self.dropped:
             count, errors = self.dropped, len(self._middle_errors)
             note = (
@@ -211,6 +216,6 @@ class LogSink:
             if errors:
                 note += f"; the {errors} error line{'s' * (errors != 1)} of that part follow"
             lines.append(note + "]")
-        lines.extend(self._middle_errors)
-        lines.extend(line for line, _ in self._tail)
+        lines.extend(neutralise(line) for line in self._middle_errors)
+        lines.extend(neutralise(line) for line, _ in self._tail)
         return "\n".join(lines)

@@ -36,7 +36,7 @@ from .endpoints import Endpoint, ServerURL
 from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
 from .executor import JobContext
 from .jobstate import ServerLost
-from .logs import classify_line
+from .logs import classify_line, neutralise
 from .pipeproto import (
     BodyPiece,
     Data,
@@ -577,7 +577,8 @@ class _MarsErrors:
     def add(self, line: str) -> None:
         self.count += 1
         if len(self.lines) < _ERROR_LINES_QUOTED:
-            cut = line[:_ERROR_LINE_LENGTH]
+            # MARS's own text, into an error message: no line of it may forge another.
+            cut = neutralise(line[:_ERROR_LINE_LENGTH])
             self.lines.append(cut + ("..." if len(line) > _ERROR_LINE_LENGTH else ""))
 
     def merge(self, other: _MarsErrors) -> None:

@@ -372,6 +372,21 @@ async def test_pipe_log_lines_cannot_forge_lines(
     assert result.message.split("\n") == SHOWN[1:]
 
 
+async def test_mars_error_lines_quoted_in_a_pipe_error_cannot_forge_lines(
+    mars_pipe_server_factory: Callable[..., PipeMarsServer],
+    mars_environ: dict[str, str],
+    mars_target,
+) -> None:
+    lines = ["mars - ERROR - \x1b[31mbad\rmars - INFO - all fine\x1b[0m"]
+    server = mars_pipe_server_factory(MarsScript(http_status=400, log_lines=lines))
+    result = await run(pipe_plan([server.url]), mars_environ, mars_target)
+    assert result.error_class == "mars_rejected"
+    text = str(result.error)
+    assert "mars - ERROR - \\x1b[31mbad\\rmars - INFO - all fine\\x1b[0m" in text
+    assert "\x1b" not in text
+    assert "\r" not in text
+
+
 async def test_a_server_error_text_cannot_forge_lines(
     ws_plan: PlanFactory, mars_environ: dict[str, str], mars_target
 ) -> None:
