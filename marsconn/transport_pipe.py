@@ -9,11 +9,15 @@ Data goes to a hidden temporary file beside the target, which replaces the
 target only once every request ended with ``ENDR``: on any failure the
 target is left exactly as it was.
 
-Reads use a :class:`asyncio.BufferedProtocol` with one preallocated buffer
-rather than :class:`asyncio.StreamReader`: the kernel copies received bytes
-into that buffer, the decoder hands out slices of it, and those slices go
-to ``os.writev`` as they are, so no body byte is copied in Python and memory
-stays at one buffer whatever the size of the output.
+Reads use a :class:`asyncio.BufferedProtocol` rather than
+:class:`asyncio.StreamReader`: the kernel copies received bytes into a
+buffer, the decoder hands out slices of it, and those slices go to
+``os.writev`` as they are, so no body byte is copied in Python. A job's
+output is decoded and written inside the protocol callback that received
+it, with no task switch per read, into one buffer that every streaming
+connection of the thread shares; a connection's own buffer is small (heads,
+error bodies, MARS's log), so a thousand waiting jobs cost a thousand small
+buffers and a large transfer one large one.
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mmap
 import os
 import re
 import secrets
 import socket
 import stat
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote
 
 from . import __version__
@@ -39,15 +48,16 @@ from .jobstate import ServerLost
 from .logs import classify_line, neutralise
 from .pipeproto import (
     BodyPiece,
-    Data,
-    EndOfRequest,
+    Buffer,
     ErrorTrailer,
     HttpEvent,
     HttpResponseReader,
-    PipeBodyDecoder,
+    PipeStream,
     ResponseEnd,
     ResponseHead,
     Rewind,
+    Searchable,
+    StreamItem,
     classify_error_trailer,
     classify_status,
     encode_job,
@@ -58,10 +68,15 @@ from .plan import ConnectionPlan
 from .result import Action, Outcome
 from .tls import client_context
 
-__all__ = ["READ_SIZE", "PipeTransport", "temp_path_pattern"]
+__all__ = ["READ_BUFFER", "READ_BUFFER_MAX", "STREAM_BUFFER", "PipeTransport", "temp_path_pattern"]
 
-#: Bytes asked of the socket per read, and the size of the one receive buffer.
-READ_SIZE = 4 * 1024 * 1024
+#: A connection's own receive buffer: heads, small bodies, MARS's log.
+READ_BUFFER = 16 * 1024
+#: How far a connection's own buffer grows for a large body it reads whole (a long log).
+READ_BUFFER_MAX = 256 * 1024
+#: The buffer a job's output is received into, shared by the streaming
+#: connections of a thread (see _SharedBuffer).
+STREAM_BUFFER = 1024 * 1024
 # Error answers and their bodies are small; more than this is not read.
 _ERROR_BODY_LIMIT = 1024 * 1024
 # A MARS log line longer than this is passed on in pieces.
@@ -101,26 +116,90 @@ def _set_keepalive(sock: socket.socket) -> None:
 # --- the socket ------------------------------------------------------------------------------
 
 
+class _SharedBuffer:
+    """The receive buffer that streaming connections of one thread share.
+
+    A streamed body is decoded and written inside the protocol callback
+    that received it (see :meth:`_Wire.start_sink`), so by the time the
+    event loop reads from another socket the buffer is free again: one
+    buffer serves every transfer of the thread, whatever their number. It
+    is an anonymous ``mmap``, so that it goes back to the operating system
+    as soon as the last transfer using it ends (``malloc`` may keep a freed
+    large block for later).
+    """
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        self.data = mmap.mmap(-1, STREAM_BUFFER)
+        self.view = memoryview(self.data)
+        self.users = 0
+
+    @classmethod
+    def acquire(cls) -> _SharedBuffer:
+        shared: _SharedBuffer | None = getattr(cls._local, "buffer", None)
+        if shared is None:
+            shared = cls._local.buffer = cls()
+        shared.users += 1
+        return shared
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and getattr(self._local, "buffer", None) is self:
+            # Views handed to writev are gone by now; the mapping is unmapped
+            # when the last reference to it goes.
+            self._local.buffer = None
+            self.view.release()
+
+    @classmethod
+    def current(cls) -> _SharedBuffer | None:
+        """This thread's buffer, if a transfer is using it."""
+        shared: _SharedBuffer | None = getattr(cls._local, "buffer", None)
+        return shared
+
+
+#: Takes ``data[start:end]`` inside the protocol callback; True when the body is complete.
+_Sink = Callable[[Searchable, int, int], bool]
+
+
 class _Wire(asyncio.BufferedProtocol):
-    """Receives into one fixed buffer; :meth:`read` hands out views of it.
+    """Receives into a small buffer of its own; :meth:`read` hands out views of it.
 
     A view returned by :meth:`read` stays valid until the next call: new
     bytes only ever land after it, and the buffer is rewound to its start
     only once everything handed out was consumed. When the buffer is full,
-    reading from the socket pauses (back pressure), so memory is bounded.
+    reading from the socket pauses (back pressure) unless the reader keeps
+    asking for more, in which case the buffer grows (up to
+    :data:`READ_BUFFER_MAX`); it shrinks back before the next request.
+
+    A large body does not go through :meth:`read`: :meth:`start_sink`
+    hands every received byte to a function, synchronously, in the
+    protocol callback (decode, write to the file), with no task switch per
+    read; the bytes then land in the thread's shared buffer.
     """
 
-    def __init__(self, size: int) -> None:
-        self._buf = bytearray(size)
+    def __init__(self, size: int = READ_BUFFER) -> None:
+        # An anonymous mapping rather than a bytearray: its pages cost memory
+        # only once touched, and go back to the system the moment the
+        # connection is gone (malloc keeps freed blocks for later, which
+        # after a thousand concurrent jobs is megabytes held for nothing).
+        self._buf = mmap.mmap(-1, size)
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet handed out
         self._end = 0  # end of the received bytes
         self._given = 0  # end of what the last read() handed out
+        self._full = False  # the last fill reached the end of the buffer
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
         self._aborted = False
+        self._sink: _Sink | None = None
+        self._shared: _SharedBuffer | None = None
+        self._sink_error: BaseException | None = None
+        self._sink_done = False
+        self._last = 0.0  # loop time of the last bytes while streaming
+        self._clock: Callable[[], float] = time.monotonic
         self.error: BaseException | None = None
         self.closed = False
 
@@ -129,17 +208,38 @@ class _Wire(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._clock = asyncio.get_running_loop().time
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        shared = self._shared
+        if shared is not None:
+            return shared.view
         return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._last = self._clock()
+            assert self._shared is not None
+            try:
+                done = sink(self._shared.data, 0, nbytes)
+            except Exception as exc:
+                self._sink_error = exc
+                self._stop_sink()
+                self._pause()
+                self._wake()
+                return
+            if done:
+                self._sink_done = True
+                self._stop_sink()
+                self._wake()
+            return
         self._end += nbytes
-        if self._end == len(self._buf) and not self._paused and self._transport is not None:
+        if self._end == len(self._buf):
             # get_buffer() must never return an empty buffer (TLS would read
             # that as the end of the stream): stop reading until consumed.
-            self._paused = True
-            self._transport.pause_reading()
+            self._full = True
+            self._pause()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -152,6 +252,7 @@ class _Wire(asyncio.BufferedProtocol):
         self.closed = True
         if exc is not None and self.error is None:
             self.error = exc
+        self._stop_sink()
         self._wake()
 
     @property
@@ -159,10 +260,25 @@ class _Wire(asyncio.BufferedProtocol):
         """Whether the peer ended its side (data may still be unread)."""
         return self._eof
 
+    @property
+    def buffer_size(self) -> int:
+        """The size of the connection's own receive buffer (not the shared one)."""
+        return len(self._buf)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _pause(self) -> None:
+        if not self._paused and self._transport is not None and not self.closed:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and self._transport is not None and not self.closed:
+            self._paused = False
+            self._transport.resume_reading()
 
     # the consumer's side
 
@@ -171,9 +287,13 @@ class _Wire(asyncio.BufferedProtocol):
         self._start = self._given
         if self._start == self._end:
             self._start = self._end = self._given = 0
-            if self._paused and self._transport is not None:
-                self._paused = False
-                self._transport.resume_reading()
+            if self._full:
+                # The reader wanted everything a full buffer held: a larger
+                # body than the buffer was made for. Fewer, larger reads.
+                self._full = False
+                if len(self._buf) < READ_BUFFER_MAX:
+                    self._resize(min(len(self._buf) * 4, READ_BUFFER_MAX))
+            self._resume()
             if not self._eof:
                 self._waiter = asyncio.get_running_loop().create_future()
                 try:
@@ -184,6 +304,85 @@ class _Wire(asyncio.BufferedProtocol):
         self._given = self._end
         return self._view[self._start : self._end]
 
+    def unread(self, count: int) -> None:
+        """Give back the last ``count`` bytes :meth:`read` returned: the next read has them."""
+        self._given -= count
+
+    def shrink(self) -> None:
+        """Back to the initial buffer size if it grew and holds nothing unread."""
+        if len(self._buf) > READ_BUFFER and self._given == self._end:
+            self._start = self._end = self._given = 0
+            self._resize(READ_BUFFER)
+
+    def _resize(self, size: int) -> None:
+        # Only when nothing is unread; views already handed out keep the old buffer alive.
+        self._buf = mmap.mmap(-1, size)
+        self._view = memoryview(self._buf)
+
+    def start_sink(self, sink: _Sink) -> bool:
+        """Hand every received byte to ``sink`` from now on; True if it is already satisfied.
+
+        The bytes not yet read go first, here; the rest as they arrive, in
+        the protocol callback, until ``sink`` returns True or raises. Wait
+        with :meth:`drain`.
+        """
+        start, end = self._given, self._end
+        self._start = self._end = self._given = 0
+        if start < end and sink(self._buf, start, end):
+            return True
+        if self.closed or self._eof:
+            return False
+        self._sink = sink
+        self._sink_done = False
+        self._shared = _SharedBuffer.acquire()
+        self._resume()
+        return False
+
+    def _stop_sink(self) -> None:
+        self._sink = None
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.release()
+
+    async def drain(self, idle: float) -> bool:
+        """Wait for the sink of :meth:`start_sink`: True when satisfied, False at EOF.
+
+        Raises what the sink raised, and TimeoutError after ``idle``
+        seconds without a byte (one timer, moved only when it fires early).
+        Whatever ends the wait, the sink gets no byte after it.
+        """
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        timer: asyncio.TimerHandle | None = None
+        waiter = self._waiter = loop.create_future()
+
+        def check() -> None:
+            nonlocal timer
+            due = self._last + idle
+            if loop.time() >= due:
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError())
+            else:
+                timer = loop.call_at(due, check)
+
+        try:
+            while self._sink is not None and not self._eof:
+                timer = loop.call_at(self._last + idle, check)
+                await waiter
+                timer.cancel()
+                waiter = self._waiter = loop.create_future()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
+            if self._sink is not None:
+                self._stop_sink()
+                self._pause()
+        if self._sink_error is not None:
+            error, self._sink_error = self._sink_error, None
+            raise error
+        return self._sink_done
+
     def write(self, data: bytes) -> None:
         """Queue ``data`` for sending (requests are small: no flow control needed)."""
         transport = self._transport
@@ -193,12 +392,14 @@ class _Wire(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Drop the connection at once (the server sees its client gone)."""
+        self._stop_sink()
         if self._transport is not None:
             self._aborted = True
             self._transport.abort()
 
     async def aclose(self) -> None:
         """Close, waiting briefly for the socket to be released."""
+        self._stop_sink()
         transport = self._transport
         if transport is None or self.closed or self._aborted:
             return
@@ -235,8 +436,14 @@ class _Conn:
 
     def send(self, request: bytes, method: str) -> None:
         self.reader.expect(method)
+        self._queued = []
+        self.wire.shrink()
         self.wire.write(request)
         self.requests += 1
+
+    def closed_error(self, exc: TransferError) -> _Closed:
+        cause = f" ({self.wire.error})" if self.wire.error else ""
+        return _Closed(f"{exc}{cause}")
 
     async def events(self, idle: float) -> list[HttpEvent]:
         """The next events of the current response.
@@ -255,21 +462,33 @@ class _Conn:
                 try:
                     events = self.reader.feed_eof()
                 except TransferError as exc:
-                    cause = f" ({self.wire.error})" if self.wire.error else ""
-                    raise _Closed(f"{exc}{cause}") from None
+                    raise self.closed_error(exc) from None
                 if not events:
                     raise _Closed("connection closed")
             if events:
                 return events
 
     async def head(self, idle: float) -> ResponseHead:
-        """Wait for the response head; body events that came with it are kept for later."""
+        """Wait for the response head; the bytes after it stay unread for the body."""
         while True:
-            events = await self.events(idle)
-            for i, event in enumerate(events):
-                if isinstance(event, ResponseHead):
-                    self._queued = events[i + 1 :]
-                    return event
+            view = await self.wire.read(idle)
+            if not view:
+                try:
+                    self.reader.feed_eof()
+                except TransferError as exc:
+                    raise self.closed_error(exc) from None
+                raise _Closed("connection closed")
+            events, used = self.reader.feed_head(view)
+            if not events:
+                continue
+            head = events[0]
+            assert isinstance(head, ResponseHead)
+            if len(events) > 1:
+                # No body: whatever followed the head is stray (see reader.reusable).
+                self._queued = events[1:] + self.reader.feed(view[used:])
+            else:
+                self.wire.unread(len(view) - used)
+            return head
 
     async def body(self, limit: int, idle: float) -> bytes:
         """The rest of a small body (at most ``limit`` bytes are kept)."""
@@ -282,11 +501,25 @@ class _Conn:
                 elif isinstance(event, ResponseEnd):
                     return bytes(parts)
 
+    async def stream(self, sink: _Sink, idle: float) -> bool:
+        """Hand the chunked body to ``sink`` (see :meth:`_Wire.start_sink`).
+
+        True when the sink was satisfied, False when the connection ended
+        first. Raises what the sink raised, or TimeoutError after ``idle``
+        seconds without a byte.
+        """
+        self.reader.hand_over_body()
+        if self.wire.start_sink(sink):
+            return True
+        if self.wire.at_eof:
+            return False
+        return await self.wire.drain(idle)
+
 
 async def _open(url: ServerURL, plan: ConnectionPlan) -> _Conn:
     """Connect (TCP, then TLS for https) within the connect timeout."""
     loop = asyncio.get_running_loop()
-    wire = _Wire(READ_SIZE)
+    wire = _Wire()
     tls = client_context(plan.ca_bundle) if url.is_tls else None
     async with asyncio.timeout(plan.timeouts.connect):
         transport, _ = await loop.create_connection(
@@ -410,19 +643,25 @@ class _PartFile:
     def write(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         """Append ``pieces`` in one system call where possible.
 
-        A chunk usually straddles two reads, so a read yields two or more
-        data pieces; one ``writev`` for all of them costs measurably less
-        than a ``write`` each.
+        A read holds several chunks (and a chunk usually straddles two
+        reads), so a read yields several data pieces; one ``writev`` for
+        all of them costs measurably less than a ``write`` each.
         """
         try:
             if _writev is None:
                 self._finish_partial(pieces, 0)
                 return
+            if len(pieces) <= _IOV_MAX:
+                written = _writev(self.fd, pieces)
+                self.size += written
+                if written < sum(map(len, pieces)):
+                    self._finish_partial(pieces, written)
+                return
             for start in range(0, len(pieces), _IOV_MAX):
                 batch = pieces[start : start + _IOV_MAX]
                 written = _writev(self.fd, batch)
                 self.size += written
-                if written < sum(len(p) for p in batch):
+                if written < sum(map(len, batch)):
                     self._finish_partial(batch, written)
         except OSError as exc:
             raise TargetError(f"cannot write the output to {self.path}: {exc}") from exc
@@ -514,6 +753,59 @@ def _fsync_dir(directory: Path) -> None:
 
 
 # --- the transport ----------------------------------------------------------------------------
+
+
+class _BodyWriter:
+    """Decodes a job's streamed body and writes its data, inside the protocol callback.
+
+    The data views point into the receive buffer and are written before
+    the callback returns, in order with the truncations ``RWND`` and
+    ``EROR`` ask for. As before :class:`~marsconn.pipeproto.PipeStream`,
+    data decoded after the last event of a read that then turns out
+    malformed is not written.
+    """
+
+    __slots__ = ("part", "start", "stream", "trailer")
+
+    def __init__(self, stream: PipeStream, part: _PartFile, start: int) -> None:
+        self.stream = stream
+        self.part = part
+        self.start = start  # where this request's output begins in the file
+        self.trailer: ErrorTrailer | None = None
+
+    def take(self, data: Searchable, start: int, end: int) -> bool:
+        """Decode and write ``data[start:end]``; True once the body ended (or MARS failed)."""
+        stream = self.stream
+        items = stream.feed(data, start, end)
+        if stream.plain:
+            if items:
+                self.part.write(cast("list[Buffer]", items))
+            return False
+        return self._events(items)
+
+    def _events(self, items: list[StreamItem]) -> bool:
+        part = self.part
+        pending: list[Buffer] = []
+        for item in items:
+            if isinstance(item, memoryview | bytes):
+                pending.append(item)
+                continue
+            if isinstance(item, TransferError):
+                raise item
+            if pending:
+                part.write(pending)
+                pending = []
+            if isinstance(item, Rewind):
+                part.truncate(self.start)
+            elif isinstance(item, ErrorTrailer):
+                part.truncate(self.start)
+                self.trailer = item
+                return True
+            elif isinstance(item, ResponseEnd):
+                return True
+        if pending:
+            part.write(pending)
+        return False
 
 
 class _LineSplitter:
@@ -815,8 +1107,9 @@ class PipeTransport:
         except Exception as exc:
             return _Posted(None, _connect_failed(exc, server, timeouts.connect))
         body = encode_job(merged_request(ctx.requests, index), ctx.environ)
-        decoder = PipeBodyDecoder()
         start = part.size
+        stream = PipeStream()
+        writer = _BodyWriter(stream, part, start)
         uid: str | None = None
         head: ResponseHead | None = None
         try:
@@ -840,47 +1133,33 @@ class PipeTransport:
                         job_id=uid,
                     ),
                 )
-            pending: list[bytes | bytearray | memoryview] = []
-            while True:
-                # The pieces are views of the receive buffer: they must be written
-                # before the next read reuses it, and in order with truncations.
-                for event in await conn.events(timeouts.read):
-                    if type(event) is BodyPiece:
-                        for item in decoder.feed(event.data, event.chunk_start, event.chunk_end):
-                            if type(item) is Data:
-                                pending.append(item.data)
-                                continue
-                            if pending:
-                                part.write(pending)
-                                pending.clear()
-                            if type(item) is Rewind:
-                                part.truncate(start)
-                            elif type(item) is ErrorTrailer:
-                                part.truncate(start)
-                                verdict = classify_error_trailer(item.payload, server=server)
-                                assert verdict.error is not None
-                                return _Posted(
-                                    uid,
-                                    Outcome.failed(
-                                        verdict.action,
-                                        verdict.error_class or "mars_failed",
-                                        verdict.error,
-                                        eject=verdict.error_class == "transfer_broken",
-                                        next_allowed=verdict.next_allowed,
-                                        job_id=uid,
-                                    ),
-                                )
-                            else:
-                                assert type(item) is EndOfRequest
-                    elif type(event) is ResponseEnd:
-                        # Data still pending here had no ENDR after it: finish() raises.
-                        decoder.finish()
-                        return _Posted(uid)
-                if pending:
-                    part.write(pending)
-                    pending.clear()
+            # The body is decoded and written as it arrives, in the protocol
+            # callback; this task only waits for its end.
+            if not await conn.stream(writer.take, timeouts.read):
+                try:
+                    stream.feed_eof()
+                except TransferError as exc:
+                    raise conn.closed_error(exc) from None
+                raise _Closed("connection closed")  # pragma: no cover - feed_eof raised
+            trailer = writer.trailer
+            if trailer is not None:
+                verdict = classify_error_trailer(trailer.payload, server=server)
+                assert verdict.error is not None
+                return _Posted(
+                    uid,
+                    Outcome.failed(
+                        verdict.action,
+                        verdict.error_class or "mars_failed",
+                        verdict.error,
+                        eject=verdict.error_class == "transfer_broken",
+                        next_allowed=verdict.next_allowed,
+                        job_id=uid,
+                    ),
+                )
+            conn.reader.body_done(stray=stream.stray)
+            return _Posted(uid)
         except _Closed as exc:
-            if decoder.ended:
+            if stream.ended:
                 return _Posted(
                     uid
                 )  # ENDR came: the data is complete, only the HTTP end is missing
@@ -894,7 +1173,7 @@ class PipeTransport:
                 )
             return _Posted(uid, broken)
         except TimeoutError:
-            if decoder.ended:
+            if stream.ended:
                 return _Posted(uid)
             part.truncate(start)
             return _Posted(
@@ -904,7 +1183,7 @@ class PipeTransport:
                     "read_timeout",
                     ServerLost(
                         f"nothing received from {server} for {timeouts.read:g}s "
-                        f"(read_timeout) after {decoder.data_bytes} data bytes"
+                        f"(read_timeout) after {stream.data_bytes} data bytes"
                     ),
                     eject=True,
                     job_id=uid,
