@@ -18,9 +18,10 @@ probe ends as soon as the server answers (the WebSocket handshake, the pipe
 server's ping), not when the job ends. A retrieval that waited for a probe
 that failed does not repeat it: it counts that failure as its own for the
 pass (error class ``ejected``). A trusted server whose connection attempt
-has been pending for more than :data:`SLOW_CONNECT` seconds is treated as
-being probed, so that a server hanging after it was trusted is not handed
-every new retrieval for a whole connect timeout.
+has been pending for more than :data:`SLOW_CONNECT` seconds is tried after
+the others (but never waited for), so that a server hanging after it was
+trusted is not every new retrieval's first choice for a whole connect
+timeout.
 
 The registry is shared by threads and event loops; waiting for a probe is
 polling, done by the executor.
@@ -41,7 +42,7 @@ __all__ = ["SLOW_CONNECT", "Admission", "ServerHealth", "Ticket", "default_healt
 T = TypeVar("T")
 
 #: Seconds a connection attempt to a trusted server may be pending before that server is
-#: treated as being probed (healthy servers answer in milliseconds).
+#: tried after the others (healthy servers answer in milliseconds).
 SLOW_CONNECT = 1.0
 
 
@@ -102,9 +103,8 @@ class ServerHealth:
             state = self._states[server] = _State()
         return state
 
-    def _busy(self, state: _State, now: float) -> bool:
-        if state.prober is not None:
-            return True
+    @staticmethod
+    def _slow(state: _State, now: float) -> bool:
         return any(now - started > SLOW_CONNECT for started in state.pending.values())
 
     # --- ejection ---------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class ServerHealth:
                 return Ticket(
                     server, Admission.SKIP, failure=state.failure, failed_ago=now - state.failed_at
                 )
-            if self._busy(state, now):
+            if state.prober is not None:
                 return Ticket(server, Admission.WAIT)
             token = next(self._tokens)
             state.pending[token] = now
@@ -225,8 +225,9 @@ class ServerHealth:
         """``items`` in the order to try them now, each group in its given order.
 
         First the servers that may be tried at once (not ejected, not being
-        probed by another attempt), then those being probed, then the
-        ejected ones, the one whose cooldown ends first first.
+        probed by another attempt, no connection pending for long), then
+        those being probed or slow to answer, then the ejected ones, the one
+        whose cooldown ends first first.
         """
         with self._lock:
             now = self._clock()
@@ -239,7 +240,8 @@ class ServerHealth:
                 elif state.ejected_until > now:
                     rank[server] = (2, state.ejected_until)
                 else:
-                    rank[server] = (1 if self._busy(state, now) else 0, 0.0)
+                    busy = state.prober is not None or self._slow(state, now)
+                    rank[server] = (1 if busy else 0, 0.0)
         return sorted(items, key=lambda item: rank[key(item)])
 
     def clear(self) -> None:
