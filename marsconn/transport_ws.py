@@ -82,6 +82,71 @@ async def _answers_ping(ws: ClientConnection, seconds: float) -> str | bytes | b
     return pong.done() and not pong.cancelled() and pong.exception() is None
 
 
+class _Silence:
+    """The silence timer of one job: one timer, not one per message.
+
+    :meth:`recv` waits for the next message for at most ``limit`` seconds
+    (TimeoutError after that). The deadline is taken when the wait begins,
+    so time spent between waits (the caller's log handler) never counts.
+    Moving a timer for every message would cost several microseconds per
+    log line; instead the one timer stays where it is when the new deadline
+    is later, and when it fires early it moves itself to the deadline.
+    Expiry cancels the waiting task, as :func:`asyncio.timeout` does, and
+    turns that cancellation into TimeoutError (an outside cancellation
+    stays a cancellation).
+    """
+
+    __slots__ = ("_cancelling", "_due", "_expired", "_handle", "_loop", "_task", "_waiting")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._waiting = False
+        self._expired = False
+        self._cancelling = 0
+
+    async def recv(self, ws: ClientConnection, limit: float) -> str | bytes:
+        """``ws.recv()``; TimeoutError after ``limit`` seconds of waiting for it."""
+        loop = self._loop
+        due = self._due = loop.time() + limit
+        handle = self._handle
+        if handle is None or handle.when() > due:
+            if handle is not None:
+                handle.cancel()
+            self._handle = loop.call_at(due, self._fire)
+        self._cancelling = self._task.cancelling()
+        self._waiting = True
+        try:
+            return await ws.recv()
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if self._task.uncancel() <= self._cancelling:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = False
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self._waiting:
+            return  # not waiting: the next wait arms the timer again
+        if self._loop.time() < self._due:
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
+        self._expired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class WebSocketTransport:
     """Runs one job on one WebSocket server and classifies the outcome."""
 
@@ -170,13 +235,28 @@ class WebSocketTransport:
             await ws.send(start_message(ctx.requests, ctx.environ, sent_target))
         except ConnectionClosed as exc:
             return _closed(machine, exc)
+        silence = _Silence()
+        try:
+            return await self._receive(ws, machine, ctx, silence, confirm)
+        finally:
+            silence.close()
+
+    async def _receive(
+        self,
+        ws: ClientConnection,
+        machine: WsJobMachine,
+        ctx: JobContext,
+        silence: _Silence,
+        confirm: float,
+    ) -> Outcome:
+        timeouts = ctx.plan.timeouts
         while machine.outcome is None:
             running = machine.phase is JobPhase.RUNNING
             # Only the wait for the server is timed: time spent in the caller's log
             # handler never counts as the server being silent.
             limit = timeouts.liveness if running else timeouts.request
             try:
-                data = await self._next(ws, limit, confirm if running else None)
+                data = await self._next(ws, silence, limit, confirm if running else None)
             except TimeoutError:
                 # A frozen server reads this when it resumes, before anything else we sent.
                 await self._kill(ws, machine)
@@ -205,12 +285,13 @@ class WebSocketTransport:
         return machine.outcome
 
     @staticmethod
-    async def _next(ws: ClientConnection, limit: float, confirm: float | None) -> str | bytes:
+    async def _next(
+        ws: ClientConnection, silence: _Silence, limit: float, confirm: float | None
+    ) -> str | bytes:
         """The next message; TimeoutError after ``limit`` s of silence (and an unanswered ping)."""
         while True:
             try:
-                async with asyncio.timeout(limit):
-                    return await ws.recv()
+                return await silence.recv(ws, limit)
             except TimeoutError:
                 if confirm is None:
                     raise
