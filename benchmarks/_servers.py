@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from marsconn import ConnectionPlan, resolve_plan
-from marsconn.audit import NullAuditLogger
+from marsconn.core.audit import NullAuditLogger
 from marsconn.testing import MarsScript
 
 #: Builds the child's script from picklable arguments (a top-level function).

@@ -40,7 +40,7 @@ from typing import Any
 from _servers import ws_plan, ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
-from marsconn.health import ServerHealth
+from marsconn.run.health import ServerHealth
 from marsconn.testing import SilentServer, dead_url
 
 COOLDOWN = 30.0

@@ -35,8 +35,8 @@ from typing import Any
 from _servers import ws_plan, ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
-from marsconn.audit import NullAuditLogger
-from marsconn.health import ServerHealth, default_health
+from marsconn.core.audit import NullAuditLogger
+from marsconn.run.health import ServerHealth, default_health
 from marsconn.testing import dead_url
 
 #: The documented cost of the existing client: it sleeps retry_delay (2 s)

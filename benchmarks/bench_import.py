@@ -9,7 +9,7 @@ both alike:
 - baseline: ``import pydantic_settings``
 - marsconn: ``import marsconn`` and one ``resolve_plan`` of a one-server
   adaptor config with ``env={}``, its audit event dropped by
-  ``marsconn.audit.NullAuditLogger`` (what the import target is about);
+  ``marsconn.core.audit.NullAuditLogger`` (what the import target is about);
 - marsconn + structlog: the same through the default audit logger
   (``structlog.get_logger``, output discarded), which adds importing
   structlog (a worker that logs with structlog has paid that already).
@@ -38,7 +38,7 @@ TARGET_RATIO = 1.1
 BASELINE = "import pydantic_settings"
 FIRST_PLAN = (
     "import marsconn\n"
-    "from marsconn.audit import NullAuditLogger\n"
+    "from marsconn.core.audit import NullAuditLogger\n"
     "marsconn.resolve_plan({'mars_servers': ['http://mars-1:9000']}, env={},"
     " logger=NullAuditLogger())\n"
 )

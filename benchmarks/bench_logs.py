@@ -2,7 +2,7 @@
 
 A deterministic, MARS-like log (mostly INFO noise and request echo lines,
 some progress lines, warnings, a few errors, runs of repeated lines) goes
-through ``marsconn.logs.LogSink`` with ``LogPolicy(filter=True,
+through ``marsconn.run.logs.LogSink`` with ``LogPolicy(filter=True,
 keep_lines=2000)``, no handler and no logger (the defaults):
 
 1. timing pass: lines per second and CPU per line, plus the peak RSS growth
@@ -46,10 +46,10 @@ from typing import Any
 from _servers import ws_plan, ws_server_processes  # benchmarks/ is on sys.path when run
 
 import marsconn
-from marsconn.audit import NullAuditLogger
-from marsconn.health import ServerHealth
-from marsconn.logs import LogSink, classify_line
-from marsconn.plan import LogPolicy
+from marsconn.core.audit import NullAuditLogger
+from marsconn.plan.model import LogPolicy
+from marsconn.run.health import ServerHealth
+from marsconn.run.logs import LogSink, classify_line
 from marsconn.testing import MarsScript
 
 TARGET_LINES_PER_SECOND = 50_000

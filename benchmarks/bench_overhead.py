@@ -53,8 +53,8 @@ from _servers import ServerProcess, ws_plan, ws_server_processes  # benchmarks/ 
 from websockets.asyncio.client import connect
 
 import marsconn
-from marsconn.audit import NullAuditLogger
-from marsconn.health import ServerHealth
+from marsconn.core.audit import NullAuditLogger
+from marsconn.run.health import ServerHealth
 
 TARGET_RATIO = 1.3
 SCRIPT = {

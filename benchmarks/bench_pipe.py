@@ -176,7 +176,7 @@ async def client_h11(port: int, target: Path) -> int:
 def marsconn_plan(port: int) -> Any:
     """The plan is resolved once per process in real use, so outside the timed part."""
     import marsconn
-    from marsconn.audit import NullAuditLogger
+    from marsconn.core.audit import NullAuditLogger
 
     return marsconn.resolve_plan(
         env={},
@@ -188,8 +188,8 @@ def marsconn_plan(port: int) -> Any:
 def client_marsconn(plan: Any, target: Path) -> tuple[int, dict[str, Any]]:
     """The real thing: marsconn.execute over the pipe protocol."""
     import marsconn
-    from marsconn.audit import NullAuditLogger
-    from marsconn.health import ServerHealth
+    from marsconn.core.audit import NullAuditLogger
+    from marsconn.run.health import ServerHealth
 
     result = marsconn.execute(
         plan,
@@ -218,7 +218,7 @@ def _rss_kib() -> int:
 def client_main(variant: str, port: int, target: Path) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     # Imported before the RSS baseline, so the growth measures the transfer alone.
-    for name in ("h11", "marsconn.executor", "marsconn.transport_pipe", "marsconn.testing"):
+    for name in ("h11", "marsconn.run.engine", "marsconn.run.pipe_transport", "marsconn.testing"):
         importlib.import_module(name)
 
     plan = marsconn_plan(port) if variant == "marsconn" else None

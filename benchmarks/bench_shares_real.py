@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import marsconn  # noqa: E402
-from marsconn.audit import NullAuditLogger  # noqa: E402
-from marsconn.health import ServerHealth  # noqa: E402
+from marsconn.core.audit import NullAuditLogger  # noqa: E402
+from marsconn.run.health import ServerHealth  # noqa: E402
 from marsconn.testing import expected_data  # noqa: E402
 from tests.real.peers import SERVER_SRC, Servers, Standin, missing_reason  # noqa: E402
 

@@ -13,9 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .capability import Capability, assess, detect_server_version
-    from .endpoints import Endpoint, ServerURL, parse_server_url, to_websocket
-    from .errors import (
+    from .core.errors import (
         ConfigError,
         ErrorKind,
         JobKilledError,
@@ -29,8 +27,9 @@ if TYPE_CHECKING:
         TargetError,
         TransferError,
     )
-    from .executor import Attempt, Job, Result, execute, execute_async
-    from .plan import (
+    from .plan.capability import Capability, assess, detect_server_version
+    from .plan.endpoints import Endpoint, ServerURL, parse_server_url, to_websocket
+    from .plan.model import (
         ConnectionPlan,
         FailoverPolicy,
         LogPolicy,
@@ -39,48 +38,53 @@ if TYPE_CHECKING:
         Timeouts,
         resolve_plan,
     )
-    from .provenance import Provenance, SourceKind
-    from .settings import LoadedSettings, MarsSettings, load_settings
+    from .plan.provenance import Provenance, SourceKind
+    from .plan.settings import LoadedSettings, MarsSettings, load_settings
+    from .run.engine import execute, execute_async
+    from .run.health import ServerHealth
+    from .run.job import Job
+    from .run.result import Attempt, Result
 
-__version__ = "0.1.0"
+from .core.version import __version__ as __version__
 
 _MODULE_OF = {
-    "Capability": "capability",
-    "assess": "capability",
-    "detect_server_version": "capability",
-    "Endpoint": "endpoints",
-    "ServerURL": "endpoints",
-    "parse_server_url": "endpoints",
-    "to_websocket": "endpoints",
-    "ConfigError": "errors",
-    "ErrorKind": "errors",
-    "JobKilledError": "errors",
-    "LogHandlerError": "errors",
-    "MarsconnError": "errors",
-    "MarsRequestError": "errors",
-    "NoDataError": "errors",
-    "NoServerAvailableError": "errors",
-    "PreflightError": "errors",
-    "Problem": "errors",
-    "TargetError": "errors",
-    "TransferError": "errors",
-    "Attempt": "executor",
-    "Job": "executor",
-    "Result": "executor",
-    "execute": "executor",
-    "execute_async": "executor",
-    "ConnectionPlan": "plan",
-    "FailoverPolicy": "plan",
-    "LogPolicy": "plan",
-    "Mode": "plan",
-    "Reason": "plan",
-    "Timeouts": "plan",
-    "resolve_plan": "plan",
-    "Provenance": "provenance",
-    "SourceKind": "provenance",
-    "LoadedSettings": "settings",
-    "MarsSettings": "settings",
-    "load_settings": "settings",
+    "Capability": "plan.capability",
+    "assess": "plan.capability",
+    "detect_server_version": "plan.capability",
+    "Endpoint": "plan.endpoints",
+    "ServerURL": "plan.endpoints",
+    "parse_server_url": "plan.endpoints",
+    "to_websocket": "plan.endpoints",
+    "ConfigError": "core.errors",
+    "ErrorKind": "core.errors",
+    "JobKilledError": "core.errors",
+    "LogHandlerError": "core.errors",
+    "MarsconnError": "core.errors",
+    "MarsRequestError": "core.errors",
+    "NoDataError": "core.errors",
+    "NoServerAvailableError": "core.errors",
+    "PreflightError": "core.errors",
+    "Problem": "core.errors",
+    "TargetError": "core.errors",
+    "TransferError": "core.errors",
+    "Attempt": "run.result",
+    "Job": "run.job",
+    "Result": "run.result",
+    "ServerHealth": "run.health",
+    "execute": "run.engine",
+    "execute_async": "run.engine",
+    "ConnectionPlan": "plan.model",
+    "FailoverPolicy": "plan.model",
+    "LogPolicy": "plan.model",
+    "Mode": "plan.model",
+    "Reason": "plan.model",
+    "Timeouts": "plan.model",
+    "resolve_plan": "plan.model",
+    "Provenance": "plan.provenance",
+    "SourceKind": "plan.provenance",
+    "LoadedSettings": "plan.settings",
+    "MarsSettings": "plan.settings",
+    "load_settings": "plan.settings",
 }
 
 __all__ = [
@@ -107,6 +111,7 @@ __all__ = [
     "Provenance",
     "Reason",
     "Result",
+    "ServerHealth",
     "ServerURL",
     "SourceKind",
     "TargetError",

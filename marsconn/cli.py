@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from . import __version__, audit
-from .errors import (
+from .core import audit
+from .core.errors import (
     ConfigError,
     MarsRequestError,
     NoDataError,
@@ -34,7 +34,8 @@ from .errors import (
     PreflightError,
     Problem,
 )
-from .plan import ConnectionPlan, Mode, Reason, resolve_plan
+from .core.version import __version__
+from .plan.model import ConnectionPlan, Mode, Reason, resolve_plan
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -538,7 +539,7 @@ def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace, out: _Output) -> int:
-    from .settings import MarsSettings
+    from .plan.settings import MarsSettings
 
     out.document(MarsSettings.model_json_schema())
     return EXIT_OK
@@ -616,7 +617,7 @@ class _Progress:
             self.stream.flush()
 
     def handler(self, line: str, job: Any, logger: Any) -> str | None:
-        from .logs import classify_line
+        from .run.logs import classify_line
 
         with self._lock:
             self.lines += 1
@@ -698,7 +699,7 @@ def _retrieval_code(error: BaseException | None) -> int:
 
 
 def _cmd_retrieve(args: argparse.Namespace, out: _Output) -> int:
-    from .executor import execute
+    from .run.engine import execute
 
     requests = _load_request(args.request)
     environ = _environ(args)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import TargetError
-from .executor import execute
-from .health import ServerHealth
-from .plan import ConnectionPlan, resolve_plan
-from .result import Result
+from .core.errors import TargetError
+from .plan.model import ConnectionPlan, resolve_plan
+from .run.engine import execute
+from .run.health import ServerHealth
+from .run.result import Result
 from .testing import (
     MarsScript,
     PipeMarsServer,

@@ -8,11 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .endpoints import Endpoint, redact
-from .errors import clip
-from .logs import neutralise
-from .plan import ConnectionPlan, Mode
-from .tls import client_context
+from .core.errors import clip
+from .core.neutralise import neutralise
+from .core.redact import redact
+from .core.tls import client_context
+from .plan.endpoints import Endpoint
+from .plan.model import ConnectionPlan, Mode
 
 __all__ = ["ProbeResult", "probe", "probe_async"]
 
@@ -37,7 +38,7 @@ class ProbeResult:
 
 
 async def _ws(endpoint: Endpoint, plan: ConnectionPlan) -> str:
-    from .wsconnect import open_websocket
+    from .run.ws_connect import open_websocket
 
     url = endpoint.url
     # As the executor: credentials as a header, no redirects, no proxy, redacted logs.

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from marsconn import ConnectionPlan, resolve_plan
-from marsconn.audit import NullAuditLogger
-from marsconn.health import ServerHealth
+from marsconn.core.audit import NullAuditLogger
+from marsconn.run.health import ServerHealth
 
 pytest_plugins = ["marsconn.testing.pytest_plugin"]
 

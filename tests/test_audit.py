@@ -19,8 +19,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from marsconn import audit
-from marsconn.audit import EVENTS, AuditEvent
+from marsconn.core import audit
+from marsconn.core.audit import EVENTS, AuditEvent
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
 
@@ -256,7 +256,7 @@ def test_import_configures_nothing() -> None:
         )
         print("CONFIGURED", structlog.is_configured())
         print("WEBSOCKETS", "websockets" in sys.modules)
-        import marsconn.executor
+        import marsconn.run.engine
         print("AFTER_EXECUTOR", structlog.is_configured())
         """
     )
@@ -303,7 +303,7 @@ def _doc_type(annotation: str) -> str:
 
 def test_audit_doc_documents_every_event_and_field() -> None:
     documented = _documented()
-    assert set(documented) == set(EVENTS), "docs/audit.md headings vs marsconn.audit.EVENTS"
+    assert set(documented) == set(EVENTS), "docs/audit.md headings vs marsconn.core.audit.EVENTS"
     for name, cls in EVENTS.items():
         warning, fields = documented[name]
         assert list(fields) == [f.name for f in dataclasses.fields(cls)], name
@@ -320,7 +320,7 @@ def test_audit_doc_field_types_match_the_dataclasses() -> None:
 
 def test_null_audit_logger_drops_every_event() -> None:
     from marsconn import resolve_plan
-    from marsconn.audit import NullAuditLogger
+    from marsconn.core.audit import NullAuditLogger
 
     with structlog.testing.capture_logs() as events:
         resolve_plan(

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from marsconn import capability
-from marsconn.capability import (
+from marsconn.plan import capability
+from marsconn.plan.capability import (
     SERVER_PACKAGE,
     Capability,
     VersionVerdict,

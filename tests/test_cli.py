@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import structlog
 
-from marsconn import __version__, capability, cli, resolve_plan
-from marsconn import settings as settings_module
-from marsconn.errors import ConfigError
-from marsconn.settings import MarsSettings
+from marsconn import cli, resolve_plan
+from marsconn.core.errors import ConfigError
+from marsconn.core.version import __version__
+from marsconn.plan import capability
+from marsconn.plan import settings as settings_module
+from marsconn.plan.settings import MarsSettings
 from marsconn.testing import (
     MarsScript,
     PipeMarsServer,

@@ -7,8 +7,8 @@ import ssl
 
 import pytest
 
-from marsconn.connecting import connect_failure
-from marsconn.result import Action
+from marsconn.core.outcome import Action
+from marsconn.run.connecting import connect_failure
 
 
 @pytest.mark.parametrize(

@@ -41,10 +41,11 @@ from typing import Any
 import pytest
 from _peers import PEERS, require_peer
 
-from marsconn import capability, resolve_plan
-from marsconn import settings as settings_module
-from marsconn.audit import NullAuditLogger
-from marsconn.errors import ConfigError
+from marsconn import resolve_plan
+from marsconn.core.audit import NullAuditLogger
+from marsconn.core.errors import ConfigError
+from marsconn.plan import capability
+from marsconn.plan import settings as settings_module
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTOR = PEERS / "cads-adaptors" / "cads_adaptors" / "adaptors" / "mars.py"

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from _peers import PEERS, require_peer
 
-from marsconn import settings as settings_module
-from marsconn.errors import ConfigError
-from marsconn.settings import load_settings
+from marsconn.core.errors import ConfigError
+from marsconn.plan import settings as settings_module
+from marsconn.plan.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PY = PEERS / "cads-mars-server" / "cads_mars_server" / "config.py"

@@ -8,16 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marsconn import endpoints
-from marsconn.endpoints import (
-    Endpoint,
-    ServerURL,
-    URLError,
-    parse_server_url,
-    redact,
-    to_websocket,
-)
-from marsconn.provenance import Provenance, SourceKind
+from marsconn.core.redact import redact
+from marsconn.plan import endpoints
+from marsconn.plan.endpoints import Endpoint, ServerURL, URLError, parse_server_url, to_websocket
+from marsconn.plan.provenance import Provenance, SourceKind
 
 PROPERTY = settings(max_examples=150, deadline=None)
 

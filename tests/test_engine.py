@@ -2,7 +2,7 @@
 
 Real-socket behaviour of the WebSocket transport is in test_executor_ws.py; here
 the transport is a stand-in that returns Outcomes, so every branch of
-``marsconn.executor._run_engine`` / ``execute_async`` can be driven exactly.
+``marsconn.run.engine._run_engine`` / ``execute_async`` can be driven exactly.
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from marsconn import (
     MarsRequestError,
     NoServerAvailableError,
     PreflightError,
-    executor,
     resolve_plan,
 )
-from marsconn.endpoints import Endpoint
-from marsconn.executor import Job, JobContext, execute_async
-from marsconn.health import ServerHealth
-from marsconn.jobstate import ServerLost
-from marsconn.pipeproto import PipeStatusError
-from marsconn.plan import ConnectionPlan, Mode
-from marsconn.result import Action, Attempt, Outcome
+from marsconn.core.outcome import Action, Outcome, ServerLost
+from marsconn.plan.endpoints import Endpoint
+from marsconn.plan.model import ConnectionPlan, Mode
+from marsconn.run import engine as executor
+from marsconn.run.engine import execute_async
+from marsconn.run.health import ServerHealth
+from marsconn.run.job import Job, JobContext
+from marsconn.run.result import Attempt
+from marsconn.wire.pipe_http import PipeStatusError
 
 A, B, C, D = (f"http://{h}:9000" for h in "abcd")
 REQ = "00000000-0000-4000-8000-0000000000a1"

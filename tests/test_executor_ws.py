@@ -27,8 +27,8 @@ from marsconn import (
     NoServerAvailableError,
     PreflightError,
 )
-from marsconn.errors import ErrorKind, NoDataError
-from marsconn.health import ServerHealth
+from marsconn.core.errors import ErrorKind, NoDataError
+from marsconn.run.health import ServerHealth
 from marsconn.testing import (
     MarsScript,
     SilentServer,

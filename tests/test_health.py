@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marsconn import health as health_module
-from marsconn.health import ServerHealth, default_health
+from marsconn.run import health as health_module
+from marsconn.run.health import ServerHealth, default_health
 
 
 class Clock:

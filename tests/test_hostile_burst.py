@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import marsconn
-from marsconn.health import Admission, ServerHealth
+from marsconn.run.health import Admission, ServerHealth
 from marsconn.testing import SilentServer, WsMarsServer, dead_url
 
 PlanFactory = Callable[..., marsconn.ConnectionPlan]

@@ -23,11 +23,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 import marsconn
-from marsconn import PreflightError, tls
+from marsconn import PreflightError
 from marsconn.cli import main as cli_main
-from marsconn.endpoints import basic_authorization
-from marsconn.health import ServerHealth
-from marsconn.pipeproto import encode_request
+from marsconn.core import tls
+from marsconn.plan.endpoints import basic_authorization
+from marsconn.run.health import ServerHealth
 from marsconn.testing import (
     MarsScript,
     PipeMarsServer,
@@ -36,6 +36,7 @@ from marsconn.testing import (
     expected_data,
     free_port,
 )
+from marsconn.wire.pipe_http import encode_request
 
 PlanFactory = Callable[..., marsconn.ConnectionPlan]
 

@@ -21,14 +21,16 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from marsconn import settings as settings_module
-from marsconn.endpoints import URLError, parse_server_url, redact, redact_value
-from marsconn.errors import ConfigError, PreflightError
-from marsconn.executor import _normalise
-from marsconn.logs import LogSink, neutralise
-from marsconn.plan import ConnectionPlan, LogPolicy, resolve_plan
-from marsconn.serverlist import read_list_file
-from marsconn.settings import load_settings
+from marsconn.core.errors import ConfigError, PreflightError
+from marsconn.core.neutralise import neutralise
+from marsconn.core.redact import redact, redact_value
+from marsconn.plan import settings as settings_module
+from marsconn.plan.endpoints import URLError, parse_server_url
+from marsconn.plan.model import ConnectionPlan, LogPolicy, resolve_plan
+from marsconn.plan.serverlist import read_list_file
+from marsconn.plan.settings import load_settings
+from marsconn.run.engine import _normalise
+from marsconn.run.logs import LogSink
 
 ERROR_TEXT_LIMIT = 64 * 1024
 #: What no neutralised line and no accepted request string may contain.

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from marsconn import resolve_plan
-from marsconn import settings as settings_module
-from marsconn.audit import NullAuditLogger
-from marsconn.configfiles import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
-from marsconn.errors import ConfigError
-from marsconn.plan import ConnectionPlan, FailoverPolicy
-from marsconn.settings import MarsSettings
+from marsconn.core.audit import NullAuditLogger
+from marsconn.core.errors import ConfigError
+from marsconn.plan import settings as settings_module
+from marsconn.plan.configfiles import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
+from marsconn.plan.model import ConnectionPlan, FailoverPolicy
+from marsconn.plan.settings import MarsSettings
 
 CA_PEM = Path(__file__).resolve().parent / "data" / "ca.pem"
 SHARES = {"MARS_USE_SHARES": "true", "MARS_FORCE_WEBSOCKET_MODE": "true"}

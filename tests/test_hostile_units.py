@@ -14,15 +14,16 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
 from marsconn import ConnectionPlan, resolve_plan
-from marsconn.audit import NullAuditLogger
-from marsconn.configfiles import FileProblem, check_regular_file, read_regular_file
-from marsconn.connecting import tls_context
-from marsconn.endpoints import parse_server_url, redact
-from marsconn.errors import ConfigError, PreflightError, Problem, clip
-from marsconn.pipeproto import classify_status
-from marsconn.preflight import check_environ, check_requests
-from marsconn.result import Action, Outcome
-from marsconn.wsconnect import _LOGGER, _scrub, redirect_failure
+from marsconn.core.audit import NullAuditLogger
+from marsconn.core.errors import ConfigError, PreflightError, Problem, clip
+from marsconn.core.outcome import Action, Outcome
+from marsconn.core.redact import redact
+from marsconn.plan.configfiles import FileProblem, check_regular_file, read_regular_file
+from marsconn.plan.endpoints import parse_server_url
+from marsconn.run.connecting import tls_context
+from marsconn.run.preflight import check_environ, check_requests
+from marsconn.run.ws_connect import _LOGGER, _scrub, redirect_failure
+from marsconn.wire.pipe_http import classify_status
 
 
 def status(code: int, **headers: str) -> InvalidStatus:

@@ -17,19 +17,19 @@ import pytest
 PROGRAM = """
 import json, sys
 import marsconn
-from marsconn.audit import NullAuditLogger
+from marsconn.core.audit import NullAuditLogger
 marsconn.resolve_plan({CONFIG}, env={ENV}, config_file="{YAML}", logger=NullAuditLogger(){EXTRA})
 print(json.dumps(sorted(sys.modules)))
 """
 
 #: Loaded only by the paths that need them.
 NOT_FOR_A_PIPE_PLAN = (
-    "marsconn._job_events",  # the executor's audit events
-    "marsconn.capability",  # the version check, only when shares is requested
+    "marsconn.core._job_events",  # the executor's audit events
+    "marsconn.plan.capability",  # the version check, only when shares is requested
     "packaging.version",
     "difflib",  # "did you mean", only for near-miss names
     "structlog",  # the default audit logger; a NullAuditLogger was given
-    "marsconn.executor",
+    "marsconn.run.engine",
     "websockets",
 )
 
@@ -47,7 +47,7 @@ def loaded(tmp_path: object, config: str, env: str, extra: str = "") -> set[str]
 
 def test_a_pipe_plan_loads_nothing_it_does_not_use(tmp_path: object) -> None:
     modules = loaded(tmp_path, "{'mars_servers': 'http://mars-1:9000'}", "{}")
-    assert "marsconn.plan" in modules
+    assert "marsconn.plan.model" in modules
     assert not [name for name in NOT_FOR_A_PIPE_PLAN if name in modules]
 
 
@@ -56,14 +56,14 @@ def test_a_shares_plan_loads_the_version_check(tmp_path: object, extra: str) -> 
     modules = loaded(
         tmp_path, "{'mars_servers': 'http://mars-1:9000'}", "{'MARS_USE_SHARES': 'true'}", extra
     )
-    assert {"marsconn.capability", "packaging.version"} <= modules
-    assert "marsconn._job_events" not in modules
+    assert {"marsconn.plan.capability", "packaging.version"} <= modules
+    assert "marsconn.core._job_events" not in modules
 
 
 def test_the_executor_events_load_on_first_use() -> None:
     code = (
-        "import sys; from marsconn import audit; assert 'marsconn._job_events' not in "
-        "sys.modules; from marsconn.audit import AttemptStarted, EVENTS; "
+        "import sys; from marsconn.core import audit; assert 'marsconn.core._job_events' not in "
+        "sys.modules; from marsconn.core.audit import AttemptStarted, EVENTS; "
         "print(AttemptStarted.EVENT, len(EVENTS))"
     )
     proc = subprocess.run(
@@ -73,7 +73,7 @@ def test_the_executor_events_load_on_first_use() -> None:
 
 
 def test_unknown_audit_names_still_raise() -> None:
-    from marsconn import audit
+    from marsconn.core import audit
 
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchEvent'"):
         audit.NoSuchEvent  # noqa: B018

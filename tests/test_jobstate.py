@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marsconn.errors import JobKilledError, MarsRequestError
-from marsconn.jobstate import (
+from marsconn.core.errors import JobKilledError, MarsRequestError
+from marsconn.core.outcome import Action, Outcome, ServerLost
+from marsconn.wire.ws_job import (
     CAPACITY_CLOSE_CODE,
     KILL_MESSAGE,
     Heartbeat,
@@ -18,12 +19,10 @@ from marsconn.jobstate import (
     LogLine,
     ProtocolError,
     ServerError,
-    ServerLost,
     Started,
     WsJobMachine,
     start_message,
 )
-from marsconn.result import Action, Outcome
 
 SERVER = "ws://worker-1:9001"
 

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from marsconn import logs
-from marsconn.errors import LogHandlerError
-from marsconn.logs import ERROR_CAP, LogSink, classify_line
-from marsconn.plan import LogPolicy
+from marsconn.core.errors import LogHandlerError
+from marsconn.plan.model import LogPolicy
+from marsconn.run import logs
+from marsconn.run.logs import ERROR_CAP, LogSink, classify_line
 
 
 def sink(filter: bool = True, keep_lines: int = 2000, **kw: Any) -> LogSink:

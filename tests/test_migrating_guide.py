@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import marsconn
-from marsconn import settings as settings_module
+from marsconn.plan import settings as settings_module
 from marsconn.testing import MarsScript, dead_url, expected_data
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "migrating.md"

@@ -23,9 +23,8 @@ import pytest
 import trustme
 
 import marsconn
-from marsconn.health import ServerHealth
-from marsconn.testing import MarsScript, PipeMarsServer, expected_data, iter_data
-from marsconn.transport_pipe import (
+from marsconn.run.health import ServerHealth
+from marsconn.run.pipe_transport import (
     READ_BUFFER,
     READ_BUFFER_MAX,
     _Conn,
@@ -34,6 +33,7 @@ from marsconn.transport_pipe import (
     _Wire,
     temp_path_pattern,
 )
+from marsconn.testing import MarsScript, PipeMarsServer, expected_data, iter_data
 
 Factory = Callable[..., PipeMarsServer]
 
@@ -264,7 +264,7 @@ async def get(conn: _Conn, size: int) -> bytes:
 async def test_own_buffer_grows_for_a_long_body_and_shrinks_before_the_next_request(
     body_server: str,
 ) -> None:
-    from marsconn.endpoints import parse_server_url
+    from marsconn.plan.endpoints import parse_server_url
 
     conn = await _open(parse_server_url(body_server), plan([body_server]))
     try:
@@ -355,7 +355,8 @@ async def test_write_failure_mid_stream_is_final(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from marsconn import TargetError, transport_pipe
+    from marsconn import TargetError
+    from marsconn.run import pipe_transport as transport_pipe
 
     url, parts = slow_start_server
     data = expected_data(1024 * 1024)

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marsconn.errors import JobKilledError, MarsRequestError, TransferError
-from marsconn.pipeproto import (
+from marsconn.core.errors import JobKilledError, MarsRequestError, TransferError
+from marsconn.core.outcome import Action
+from marsconn.wire.pipe_http import (
     ENDR,
     EROR,
     RWND,
@@ -39,7 +40,6 @@ from marsconn.pipeproto import (
     encode_request,
     merged_request,
 )
-from marsconn.result import Action
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nX-MARS-UID: u\r\nTransfer-Encoding: chunked\r\n\r\n"
 

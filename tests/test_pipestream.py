@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marsconn.errors import TransferError
-from marsconn.pipeproto import (
+from marsconn.core.errors import TransferError
+from marsconn.wire.pipe_http import (
     ENDR,
     EROR,
     RWND,

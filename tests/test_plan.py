@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from marsconn import capability
-from marsconn import settings as settings_module
-from marsconn.endpoints import Endpoint, parse_server_url
-from marsconn.errors import ConfigError
-from marsconn.plan import (
+from marsconn.core.errors import ConfigError
+from marsconn.plan import capability
+from marsconn.plan import settings as settings_module
+from marsconn.plan.endpoints import Endpoint, parse_server_url
+from marsconn.plan.model import (
     ConnectionPlan,
     FailoverPolicy,
     Mode,
@@ -27,7 +27,7 @@ from marsconn.plan import (
     Timeouts,
     resolve_plan,
 )
-from marsconn.provenance import Provenance, SourceKind
+from marsconn.plan.provenance import Provenance, SourceKind
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOL = "true/false, 1/0, yes/no, on/off (any case)"
@@ -948,8 +948,8 @@ def test_plan_side_imports_no_network_library() -> None:
         "    config_file='/dev/null', logger=Quiet(), server_version='0.3.0')\n"
         "plan = marsconn.resolve_plan({'mars_servers': 'http://a:9000'},\n"
         "    env={'MARS_USE_SHARES': 'true'}, config_file='/dev/null', server_version='0.3.0')\n"
-        "names = ('websockets', 'h11', 'http.client', 'urllib.request', 'marsconn.executor',\n"
-        "         'marsconn.transport_ws', 'marsconn.tls')\n"
+        "names = ('websockets', 'h11', 'http.client', 'urllib.request', 'marsconn.run.engine',\n"
+        "         'marsconn.run.ws_transport', 'marsconn.core.tls')\n"
         "print(json.dumps([plan.mode.value, [n for n in names if n in sys.modules]]))\n"
     )
     done = subprocess.run(
@@ -1206,7 +1206,7 @@ def test_example_yaml_and_list_resolve_to_websocket_mode(at_repo_root: Path) -> 
 
 
 def test_plan_docs_cover_fields_reasons_and_events() -> None:
-    from marsconn import audit
+    from marsconn.core import audit
 
     text = (ROOT / "docs" / "plan.md").read_text()
     for f in dataclasses.fields(ConnectionPlan):

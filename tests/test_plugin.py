@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from marsconn.executor import REQUIRED_ENVIRON
+from marsconn.run.engine import REQUIRED_ENVIRON
 from marsconn.testing import MarsScript, PipeMarsServer, WsMarsServer
 from marsconn.testing.pytest_plugin import FIXTURE_HEARTBEAT
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from marsconn.errors import Problem
-from marsconn.provenance import Provenance, SourceKind
-from marsconn.serverlist import (
+from marsconn.core.errors import Problem
+from marsconn.plan.provenance import Provenance, SourceKind
+from marsconn.plan.serverlist import (
     DEFAULT_LIST_FILES,
     ListedServer,
     read_list_file,

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from marsconn import settings as settings_module
-from marsconn.errors import ConfigError, Problem
-from marsconn.provenance import Provenance, SourceKind
-from marsconn.serverlist import DEFAULT_LIST_FILES
-from marsconn.settings import (
+from marsconn.core.errors import ConfigError, Problem
+from marsconn.plan import settings as settings_module
+from marsconn.plan.provenance import Provenance, SourceKind
+from marsconn.plan.serverlist import DEFAULT_LIST_FILES
+from marsconn.plan.settings import (
     CONFIG_FILE_VAR,
     DEFAULT_CONFIG_FILE,
     LoadedSettings,

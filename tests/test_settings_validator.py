@@ -1,7 +1,7 @@
 """load_settings' own validator against the completed MarsSettings model: the same answers.
 
 MarsSettings is built with ``defer_build`` and load_settings validates with a pydantic-core
-validator made from the model's fields (marsconn.settings._fast_validator), so that a first
+validator made from the model's fields (marsconn.plan.settings._fast_validator), so that a first
 plan does not pay for completing the model. Every field, fed values of every kind, must
 give the same settings or the same errors (type, location, message, input) both ways.
 """
@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from marsconn import settings as settings_module
-from marsconn.settings import MarsSettings
+from marsconn.plan import settings as settings_module
+from marsconn.plan.settings import MarsSettings
 
 FIELDS = list(MarsSettings.model_fields)
 

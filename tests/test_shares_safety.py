@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import marsconn
-from marsconn.attemptdir import DEFAULT_DIR_MODE, AttemptDir
-from marsconn.health import ServerHealth
+from marsconn.run.attemptdir import DEFAULT_DIR_MODE, AttemptDir
+from marsconn.run.health import ServerHealth
 from marsconn.testing import MarsScript, WsMarsServer, expected_data
 
 Factory = Callable[..., WsMarsServer]

@@ -22,15 +22,10 @@ import pytest
 import trustme
 
 import marsconn
-from marsconn import (
-    ErrorKind,
-    JobKilledError,
-    LogHandlerError,
-    MarsRequestError,
-    NoDataError,
-    transport_pipe,
-)
-from marsconn.health import ServerHealth
+from marsconn import ErrorKind, JobKilledError, LogHandlerError, MarsRequestError, NoDataError
+from marsconn.run import pipe_transport as transport_pipe
+from marsconn.run.health import ServerHealth
+from marsconn.run.pipe_transport import _set_keepalive, temp_path_pattern
 from marsconn.testing import (
     MarsScript,
     PipeMarsServer,
@@ -41,7 +36,6 @@ from marsconn.testing import (
     run_in_thread,
 )
 from marsconn.testing import expected_data as expected
-from marsconn.transport_pipe import _set_keepalive, temp_path_pattern
 
 Factory = Callable[..., PipeMarsServer]
 LOG = ("mars - INFO - Transferring 3 fields", "mars - WARNING - slow tape", "chatter")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from marsconn.transport_ws import _Silence
+from marsconn.run.ws_transport import _Silence
 
 
 class Messages:

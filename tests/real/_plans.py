@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from marsconn import ConnectionPlan, resolve_plan
-from marsconn.audit import NullAuditLogger
+from marsconn.core.audit import NullAuditLogger
 from marsconn.testing import expected_data
 
 #: Server heartbeat the WebSocket tests run with, and the client's matching setting.

@@ -21,7 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 import marsconn
-from marsconn.health import ServerHealth
+from marsconn.run.health import ServerHealth
 from marsconn.testing import dead_url, expected_data
 
 from ._plans import assert_only, fake, make_environ, ws_plan_real

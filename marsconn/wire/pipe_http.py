@@ -39,8 +39,8 @@ from enum import Enum
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import unquote
 
-from .errors import ErrorKind, JobKilledError, MarsconnError, MarsRequestError, TransferError
-from .result import Action
+from ..core.errors import ErrorKind, JobKilledError, MarsconnError, MarsRequestError, TransferError
+from ..core.outcome import Action
 
 __all__ = [
     "ENDR",
@@ -1083,8 +1083,8 @@ def _int_header(value: str | None) -> int | None:
 
 def _shown_location(location: str) -> str:
     """A redirect's target as it may appear in an error: redacted, neutralised, cut."""
-    from .endpoints import redact
-    from .logs import neutralise
+    from ..core.neutralise import neutralise
+    from ..core.redact import redact
 
     shown = redact(location)
     if "?" in shown and "://" not in shown:  # a relative Location's query

@@ -39,14 +39,14 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import quote
 
-from . import __version__
-from .connecting import connect_failure, tls_context
-from .endpoints import Endpoint, ServerURL
-from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
-from .executor import JobContext
-from .jobstate import ServerLost
-from .logs import classify_line, neutralise
-from .pipeproto import (
+from ..core.errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
+from ..core.neutralise import neutralise
+from ..core.outcome import Action, Outcome, ServerLost
+from ..core.tls import client_context
+from ..core.version import __version__
+from ..plan.endpoints import Endpoint, ServerURL
+from ..plan.model import ConnectionPlan
+from ..wire.pipe_http import (
     BodyPiece,
     Buffer,
     ErrorTrailer,
@@ -64,9 +64,9 @@ from .pipeproto import (
     encode_request,
     merged_request,
 )
-from .plan import ConnectionPlan
-from .result import Action, Outcome
-from .tls import client_context
+from .connecting import connect_failure, tls_context
+from .job import JobContext
+from .logs import classify_line
 
 __all__ = ["READ_BUFFER", "READ_BUFFER_MAX", "STREAM_BUFFER", "PipeTransport", "temp_path_pattern"]
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import Problem
 from .configfiles import FileProblem, read_regular_file
-from .errors import Problem
 from .provenance import Provenance, SourceKind
 
 __all__ = ["DEFAULT_LIST_FILES", "ListedServer", "read_list_file", "split_inline_list"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .errors import JobKilledError, MarsRequestError, clip
-from .logs import neutralise
-from .result import Action, Outcome
+from ..core.errors import JobKilledError, MarsRequestError, clip
+from ..core.neutralise import neutralise
+from ..core.outcome import Action, Outcome, ServerLost
 
 __all__ = [
     "CAPACITY_CLOSE_CODE",
@@ -24,7 +24,6 @@ __all__ = [
     "LogLine",
     "ProtocolError",
     "ServerError",
-    "ServerLost",
     "Started",
     "WsJobMachine",
     "start_message",
@@ -41,10 +40,6 @@ class JobPhase(StrEnum):
     SENT = "sent"  # start sent, no answer yet
     RUNNING = "running"
     DONE = "done"
-
-
-class ServerLost(Exception):
-    """The server went away or fell silent; another server may run the job."""
 
 
 class ProtocolError(Exception):

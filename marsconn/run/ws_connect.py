@@ -23,9 +23,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .endpoints import ServerURL, basic_authorization, redact
-from .errors import clip
-from .logs import neutralise
+from ..core.errors import clip
+from ..core.neutralise import neutralise
+from ..core.redact import redact
+from ..plan.endpoints import ServerURL, basic_authorization
 
 __all__ = ["open_websocket", "redirect_failure"]
 

@@ -13,7 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import audit
+from ..core import audit
+from ..core.errors import ConfigError, Problem
+from ..core.redact import redact_value
 from .endpoints import (
     ACCEPTED_URL,
     PIPE_SCHEMES,
@@ -21,10 +23,8 @@ from .endpoints import (
     ServerURL,
     URLError,
     parse_server_url,
-    redact_value,
     to_websocket,
 )
-from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
 from .serverlist import DEFAULT_LIST_FILES, ListedServer, read_list_file, split_inline_list
 from .settings import LoadedSettings, MarsSettings, _load
@@ -748,8 +748,8 @@ def _ca_bundle_problems(loaded: LoadedSettings) -> list[Problem]:
         return []
     import ssl
 
+    from ..core.tls import client_context
     from .configfiles import FileProblem, check_regular_file
-    from .tls import client_context
 
     try:
         check_regular_file(path)

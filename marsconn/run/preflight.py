@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import PreflightError
+from ..core.errors import PreflightError
 
 __all__ = ["check_environ", "check_requests", "check_target"]
 

@@ -24,14 +24,14 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..core.errors import JobKilledError, LogHandlerError, NoDataError, TargetError
+from ..core.outcome import Action, Outcome
+from ..plan.endpoints import Endpoint
+from ..wire.ws_job import KILL_MESSAGE, JobPhase, LogLine, Started, WsJobMachine, start_message
 from .attemptdir import AttemptDir
 from .connecting import connect_failure, tls_context
-from .endpoints import Endpoint
-from .errors import JobKilledError, LogHandlerError, NoDataError, TargetError
-from .executor import JobContext
-from .jobstate import KILL_MESSAGE, JobPhase, LogLine, Started, WsJobMachine, start_message
-from .result import Action, Outcome
-from .wsconnect import open_websocket, redirect_failure
+from .job import JobContext
+from .ws_connect import open_websocket, redirect_failure
 
 __all__ = ["WebSocketTransport"]
 

@@ -10,11 +10,11 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from .endpoints import ServerURL, redact
-from .errors import ConfigError, Problem
-from .jobstate import ServerLost
-from .result import Action, Outcome
-from .tls import client_context
+from ..core.errors import ConfigError, Problem
+from ..core.outcome import Action, Outcome, ServerLost
+from ..core.redact import redact
+from ..core.tls import client_context
+from ..plan.endpoints import ServerURL
 
 __all__ = ["connect_failure", "tls_context"]
 

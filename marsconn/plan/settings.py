@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ..core.errors import ConfigError, Problem
+from ..core.redact import credentials_split_by_comma, redact_value
 from .configfiles import FileProblem, load_yaml, read_regular_file
-from .endpoints import credentials_split_by_comma, redact_value
-from .errors import ConfigError, Problem
 from .provenance import Provenance, SourceKind
 
 __all__ = [
