@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .audit import AuditEvent
+from .audit_event import AuditEvent
 
 __all__ = [
     "AttemptFailed",

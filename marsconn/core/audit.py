@@ -10,12 +10,13 @@ applications and the CLI that have no configuration of their own.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
+
+from .audit_event import AuditEvent
 
 __all__ = [
     "EVENTS",
@@ -45,17 +46,6 @@ class AuditLogger(Protocol):
     def warning(self, event: str, **kw: Any) -> Any: ...
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _field_names(cls: type) -> tuple[str, ...]:
-    # dataclasses.fields() walks the class on every call; events are emitted per attempt.
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
-
-
 class NullAuditLogger:
     """An audit logger that drops every event (benchmarks, quiet tests, opt-out)."""
 
@@ -64,18 +54,6 @@ class NullAuditLogger:
 
     def warning(self, event: str, **kw: Any) -> None:
         """Drop a warning event."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """Base of all audit records."""
-
-    EVENT: ClassVar[str] = ""
-    LEVEL: ClassVar[str] = "info"
-
-    def fields(self) -> dict[str, Any]:
-        """The record's fields, as emitted."""
-        return {name: getattr(self, name) for name in _field_names(type(self))}
 
 
 @dataclass(frozen=True, slots=True)
