@@ -29,16 +29,9 @@ if TYPE_CHECKING:
     )
     from .plan.capability import Capability, assess, detect_server_version
     from .plan.endpoints import Endpoint, ServerURL, parse_server_url, to_websocket
-    from .plan.model import (
-        ConnectionPlan,
-        FailoverPolicy,
-        LogPolicy,
-        Mode,
-        Reason,
-        Timeouts,
-        resolve_plan,
-    )
+    from .plan.model import ConnectionPlan, FailoverPolicy, LogPolicy, Mode, Reason, Timeouts
     from .plan.provenance import Provenance, SourceKind
+    from .plan.resolve import resolve_plan
     from .plan.settings import LoadedSettings, MarsSettings, load_settings
     from .run.engine import execute, execute_async
     from .run.health import ServerHealth
@@ -79,7 +72,7 @@ _MODULE_OF = {
     "Mode": "plan.model",
     "Reason": "plan.model",
     "Timeouts": "plan.model",
-    "resolve_plan": "plan.model",
+    "resolve_plan": "plan.resolve",
     "Provenance": "plan.provenance",
     "SourceKind": "plan.provenance",
     "LoadedSettings": "plan.settings",

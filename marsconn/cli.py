@@ -35,7 +35,8 @@ from .core.errors import (
     Problem,
 )
 from .core.version import __version__
-from .plan.model import ConnectionPlan, Mode, Reason, resolve_plan
+from .plan.model import ConnectionPlan, Mode, Reason
+from .plan.resolve import resolve_plan
 
 __all__ = ["EXIT_CODES", "main"]
 

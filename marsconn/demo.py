@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .core.errors import TargetError
-from .plan.model import ConnectionPlan, resolve_plan
+from .plan.model import ConnectionPlan
+from .plan.resolve import resolve_plan
 from .run.engine import execute
 from .run.health import ServerHealth
 from .run.result import Result

@@ -26,7 +26,8 @@ from marsconn.core.neutralise import neutralise
 from marsconn.core.redact import redact, redact_value
 from marsconn.plan import settings as settings_module
 from marsconn.plan.endpoints import URLError, parse_server_url
-from marsconn.plan.model import ConnectionPlan, LogPolicy, resolve_plan
+from marsconn.plan.model import ConnectionPlan, LogPolicy
+from marsconn.plan.resolve import resolve_plan
 from marsconn.plan.serverlist import read_list_file
 from marsconn.plan.settings import load_settings
 from marsconn.run.engine import _normalise

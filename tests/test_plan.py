@@ -19,15 +19,9 @@ from marsconn.core.errors import ConfigError
 from marsconn.plan import capability
 from marsconn.plan import settings as settings_module
 from marsconn.plan.endpoints import Endpoint, parse_server_url
-from marsconn.plan.model import (
-    ConnectionPlan,
-    FailoverPolicy,
-    Mode,
-    Reason,
-    Timeouts,
-    resolve_plan,
-)
+from marsconn.plan.model import ConnectionPlan, FailoverPolicy, Mode, Reason, Timeouts
 from marsconn.plan.provenance import Provenance, SourceKind
+from marsconn.plan.resolve import resolve_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOL = "true/false, 1/0, yes/no, on/off (any case)"
@@ -948,8 +942,8 @@ def test_plan_side_imports_no_network_library() -> None:
         "    config_file='/dev/null', logger=Quiet(), server_version='0.3.0')\n"
         "plan = marsconn.resolve_plan({'mars_servers': 'http://a:9000'},\n"
         "    env={'MARS_USE_SHARES': 'true'}, config_file='/dev/null', server_version='0.3.0')\n"
-        "names = ('websockets', 'h11', 'http.client', 'urllib.request', 'marsconn.run.engine',\n"
-        "         'marsconn.run.ws_transport', 'marsconn.core.tls')\n"
+        "names = ('websockets', 'h11', 'http.client', 'urllib.request', 'marsconn.run',\n"
+        "         'marsconn.wire', 'marsconn.run.engine', 'marsconn.core.tls')\n"
         "print(json.dumps([plan.mode.value, [n for n in names if n in sys.modules]]))\n"
     )
     done = subprocess.run(
