@@ -35,7 +35,7 @@ from marsconn.run.engine import execute_async
 from marsconn.run.health import ServerHealth
 from marsconn.run.job import Job, JobContext
 from marsconn.run.result import Attempt
-from marsconn.wire.pipe_http import PipeStatusError
+from marsconn.wire.pipe_verdict import PipeStatusError
 
 A, B, C, D = (f"http://{h}:9000" for h in "abcd")
 REQ = "00000000-0000-4000-8000-0000000000a1"

@@ -36,7 +36,7 @@ from marsconn.testing import (
     expected_data,
     free_port,
 )
-from marsconn.wire.pipe_http import encode_request
+from marsconn.wire.pipe_request import encode_request
 
 PlanFactory = Callable[..., marsconn.ConnectionPlan]
 

@@ -23,7 +23,7 @@ from marsconn.plan.endpoints import parse_server_url
 from marsconn.run.connecting import tls_context
 from marsconn.run.preflight import check_environ, check_requests
 from marsconn.run.ws_connect import _LOGGER, _scrub, redirect_failure
-from marsconn.wire.pipe_http import classify_status
+from marsconn.wire.pipe_verdict import classify_status
 
 
 def status(code: int, **headers: str) -> InvalidStatus:

@@ -18,28 +18,26 @@ from hypothesis import strategies as st
 
 from marsconn.core.errors import JobKilledError, MarsRequestError, TransferError
 from marsconn.core.outcome import Action
-from marsconn.wire.pipe_http import (
+from marsconn.wire.http_response import (
+    BodyPiece,
+    HttpEvent,
+    HttpResponseReader,
+    ResponseEnd,
+    ResponseHead,
+)
+from marsconn.wire.pipe_body import (
     ENDR,
     EROR,
     RWND,
-    BodyPiece,
     Data,
     EndOfRequest,
     ErrorTrailer,
-    HttpEvent,
-    HttpResponseReader,
     PipeBodyDecoder,
     PipeEvent,
-    PipeStatusError,
-    ResponseEnd,
-    ResponseHead,
     Rewind,
-    classify_error_trailer,
-    classify_status,
-    encode_job,
-    encode_request,
-    merged_request,
 )
+from marsconn.wire.pipe_request import encode_job, encode_request, merged_request
+from marsconn.wire.pipe_verdict import PipeStatusError, classify_error_trailer, classify_status
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nX-MARS-UID: u\r\nTransfer-Encoding: chunked\r\n\r\n"
 

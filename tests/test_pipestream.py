@@ -18,21 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marsconn.core.errors import TransferError
-from marsconn.wire.pipe_http import (
+from marsconn.wire.http_response import BodyPiece, HttpResponseReader, ResponseEnd, ResponseHead
+from marsconn.wire.pipe_body import (
     ENDR,
     EROR,
     RWND,
-    BodyPiece,
     Data,
     EndOfRequest,
     ErrorTrailer,
-    HttpResponseReader,
     PipeBodyDecoder,
-    PipeStream,
-    ResponseEnd,
-    ResponseHead,
     Rewind,
 )
+from marsconn.wire.pipe_stream import PipeStream
 
 HEAD = b"HTTP/1.1 200 OK\r\nX-MARS-UID: u\r\nTransfer-Encoding: chunked\r\n\r\n"
 

@@ -119,15 +119,19 @@ def parse_server_url(text: str) -> ServerURL:
     :class:`URLError` with the reason for anything else.
     """
     raw = text.strip()
-    if not raw:
-        raise URLError("empty server URL")
-    if _SPACE.search(raw):
-        raise URLError("server URL contains white space")
-    if _CONTROL.search(raw):
-        raise URLError("server URL contains a control character")
-    if not _HAS_SCHEME.match(raw):
-        raw = "http://" + raw
+    # The common shape first: it has a scheme, and its characters exclude white
+    # space and control characters, so the checks below could not fail for it.
     simple = _SIMPLE.fullmatch(raw)
+    if simple is None:
+        if not raw:
+            raise URLError("empty server URL")
+        if _SPACE.search(raw):
+            raise URLError("server URL contains white space")
+        if _CONTROL.search(raw):
+            raise URLError("server URL contains a control character")
+        if not _HAS_SCHEME.match(raw):
+            raw = "http://" + raw
+        simple = _SIMPLE.fullmatch(raw)
     if simple is not None:
         scheme, host, port_text, path = simple.group("scheme", "host", "port", "path")
         port = int(port_text) if port_text is not None else None

@@ -114,7 +114,8 @@ def _parse_entries(
         derived: ServerURL | None = None
         if websocket:
             ws = to_websocket(url, pipe_port=s.pipe_port, shares_port=s.shares_port)
-            derived, url = (None if ws == url else url), ws
+            # A URL that needs no translation comes back as the same object.
+            derived, url = (None if ws is url else url), ws
             if direct_ws and derived is not None:
                 # Used as the WebSocket server it most likely means, but not as written.
                 warnings.append(
@@ -140,17 +141,17 @@ def _parse_entries(
             continue
         endpoint = Endpoint(url, entry.provenance, derived)
         # ServerURL is a frozen value: equal fields (credentials included), same server.
-        key = url
-        if key in first_seen:
+        # One lookup (hashing the URL's fields) per server, not two.
+        first = first_seen.setdefault(url, endpoint)
+        if first is not endpoint:
             warnings.append(
                 Problem(
                     entry.provenance.describe(),
                     f"duplicate server {url.display()} dropped "
-                    f"(first listed at {first_seen[key].provenance.describe()})",
+                    f"(first listed at {first.provenance.describe()})",
                 )
             )
             continue
-        first_seen[key] = endpoint
         endpoints.append(endpoint)
     return endpoints, problems, warnings
 

@@ -46,24 +46,19 @@ from ..core.tls import client_context
 from ..core.version import __version__
 from ..plan.endpoints import Endpoint, ServerURL
 from ..plan.model import ConnectionPlan
-from ..wire.pipe_http import (
+from ..wire.http_response import (
     BodyPiece,
     Buffer,
-    ErrorTrailer,
     HttpEvent,
     HttpResponseReader,
-    PipeStream,
     ResponseEnd,
     ResponseHead,
-    Rewind,
     Searchable,
-    StreamItem,
-    classify_error_trailer,
-    classify_status,
-    encode_job,
-    encode_request,
-    merged_request,
 )
+from ..wire.pipe_body import ErrorTrailer, Rewind
+from ..wire.pipe_request import encode_job, encode_request, merged_request
+from ..wire.pipe_stream import PipeStream, StreamItem
+from ..wire.pipe_verdict import classify_error_trailer, classify_status
 from .connecting import connect_failure, tls_context
 from .job import JobContext
 from .logs import classify_line
