@@ -24,15 +24,15 @@ import trustme
 
 import marsconn
 from marsconn.run.health import ServerHealth
-from marsconn.run.pipe_transport import (
+from marsconn.run.pipe_connection import (
     READ_BUFFER,
     READ_BUFFER_MAX,
     _Conn,
     _open,
     _SharedBuffer,
     _Wire,
-    temp_path_pattern,
 )
+from marsconn.run.pipe_partfile import temp_path_pattern
 from marsconn.testing import MarsScript, PipeMarsServer, expected_data, iter_data
 
 Factory = Callable[..., PipeMarsServer]

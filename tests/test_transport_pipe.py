@@ -23,9 +23,11 @@ import trustme
 
 import marsconn
 from marsconn import ErrorKind, JobKilledError, LogHandlerError, MarsRequestError, NoDataError
+from marsconn.run import pipe_connection, pipe_partfile
 from marsconn.run import pipe_transport as transport_pipe
 from marsconn.run.health import ServerHealth
-from marsconn.run.pipe_transport import _set_keepalive, temp_path_pattern
+from marsconn.run.pipe_connection import _set_keepalive
+from marsconn.run.pipe_partfile import temp_path_pattern
 from marsconn.testing import (
     MarsScript,
     PipeMarsServer,
@@ -1042,12 +1044,12 @@ def test_part_file_writes_exactly_whatever_the_system_call_does(
     def short_writev(fd: int, pieces: list[Any]) -> int:
         return os.write(fd, b"".join(bytes(p) for p in pieces)[:5])
 
-    part = transport_pipe._PartFile(tmp_path / "out.grib")
+    part = pipe_partfile._PartFile(tmp_path / "out.grib")
     assert part.path.parent == tmp_path
     assert temp_path_pattern(tmp_path / "out.grib").fullmatch(part.path.name)
-    monkeypatch.setattr(transport_pipe, "_writev", short_writev)
+    monkeypatch.setattr(pipe_partfile, "_writev", short_writev)
     part.write([b"abc", memoryview(b"defgh"), bytearray(b"ij")])
-    monkeypatch.setattr(transport_pipe, "_writev", None)  # a platform without writev
+    monkeypatch.setattr(pipe_partfile, "_writev", None)  # a platform without writev
     part.write([b"kl", b"mn"])
     monkeypatch.undo()
     part.write([bytes([i % 256]) for i in range(3000)])  # more pieces than IOV_MAX
@@ -1080,7 +1082,7 @@ async def test_keepalive_is_on_for_every_connection(
         _set_keepalive(sock)
         seen.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
 
-    monkeypatch.setattr(transport_pipe, "_set_keepalive", spy)
+    monkeypatch.setattr(pipe_connection, "_set_keepalive", spy)
     server = factory(MarsScript(output_size=1000))
     result = await run(plan([server.url]), mars_environ, mars_target)
     assert result.ok, result.error

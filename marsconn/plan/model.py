@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import operator
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ class LogPolicy:
     keep_lines: int = 2000
 
 
+# (kind, file) of an endpoint's source, in C: plan.sources visits every endpoint.
+_ENDPOINT_PLACE = operator.attrgetter("provenance.kind", "provenance.file")
 _KIND_RANK = {kind: rank for rank, kind in enumerate(SourceKind)}
 #: Settings whose values are server URLs, which may carry credentials.
 _URL_SETTINGS = frozenset({"servers", "ws_servers"})
@@ -217,9 +220,7 @@ class ConnectionPlan:
         """Distinct places that contributed a non-default value, in precedence order."""
         # dict, not set: within one kind, places keep the order they were first seen in.
         places = dict.fromkeys((p.kind, p.file) for _, _, p in self.settings)
-        places.update(
-            dict.fromkeys((e.provenance.kind, e.provenance.file) for e in self.endpoints)
-        )
+        places.update(dict.fromkeys(map(_ENDPOINT_PLACE, self.endpoints)))
         ordered = sorted(places, key=lambda place: _KIND_RANK[place[0]])
         return [
             kind.value + (f":{file}" if file else "")
