@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     )
     from .plan.capability import Capability, assess, detect_server_version
     from .plan.endpoints import Endpoint, ServerURL, parse_server_url, to_websocket
+    from .plan.load import LoadedSettings, load_settings
     from .plan.model import ConnectionPlan, FailoverPolicy, LogPolicy, Mode, Reason, Timeouts
     from .plan.provenance import Provenance, SourceKind
     from .plan.resolve import resolve_plan
-    from .plan.settings import LoadedSettings, MarsSettings, load_settings
+    from .plan.settings import MarsSettings
     from .run.engine import execute, execute_async
     from .run.health import ServerHealth
     from .run.job import Job
@@ -75,9 +76,9 @@ _MODULE_OF = {
     "resolve_plan": "plan.resolve",
     "Provenance": "plan.provenance",
     "SourceKind": "plan.provenance",
-    "LoadedSettings": "plan.settings",
+    "LoadedSettings": "plan.load",
     "MarsSettings": "plan.settings",
-    "load_settings": "plan.settings",
+    "load_settings": "plan.load",
 }
 
 __all__ = [

@@ -21,7 +21,7 @@ from marsconn import cli, resolve_plan
 from marsconn.core.errors import ConfigError
 from marsconn.core.version import __version__
 from marsconn.plan import capability
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 from marsconn.plan.settings import MarsSettings
 from marsconn.testing import (
     MarsScript,
@@ -55,7 +55,7 @@ def _clean_environment(
             monkeypatch.delenv(name)
     # Never this machine's /etc/cads-mars-server.yaml, nor its installed cads-mars-server.
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(absent))
     monkeypatch.setattr(capability, "detect_server_version", lambda package="": None)
     structlog.reset_defaults()
     yield

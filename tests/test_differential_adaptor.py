@@ -45,7 +45,7 @@ from marsconn import resolve_plan
 from marsconn.core.audit import NullAuditLogger
 from marsconn.core.errors import ConfigError
 from marsconn.plan import capability
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTOR = PEERS / "cads-adaptors" / "cads_adaptors" / "adaptors" / "mars.py"
@@ -229,7 +229,7 @@ def run_marsconn(case: Case, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> dict
     etc_yaml = tmp / "etc-cads-mars-server.yaml"
     if case.etc_yaml is not None:
         etc_yaml.write_text(case.etc_yaml)
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(etc_yaml))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(etc_yaml))
     declared: str | None = case.version
     if case.version in NOT_INSTALLED:
         declared = None  # detected: no installed distribution either

@@ -31,7 +31,8 @@ from _peers import PEERS, require_peer
 
 from marsconn.core.errors import ConfigError
 from marsconn.plan import settings as settings_module
-from marsconn.plan.settings import load_settings
+from marsconn.plan import sources as sources_module
+from marsconn.plan.load import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PY = PEERS / "cads-mars-server" / "cads_mars_server" / "config.py"
@@ -208,7 +209,7 @@ def cads_mars_server_config(
 
 def marsconn_settings(case: Case, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Effective:
     # The default /etc path is never consulted by either side in these cases.
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(tmp / "absent-default.yaml"))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(tmp / "absent-default.yaml"))
     try:
         s = load_settings(env=environ_of(case, tmp)).settings
     except ConfigError:
@@ -284,4 +285,4 @@ def test_server_only_yaml_keys_are_the_ones_config_py_reads(config_source: Path)
     read = set(re.findall(r'_get_config\(\s*"MARS_\w+",\s*"(\w+)"', text))
     read |= set(re.findall(r'_file_config\.get\("(\w+)"\)', text))
     ours = {keys.yaml_key for keys in settings_module.setting_keys().values() if keys.yaml_key}
-    assert read - ours == set(settings_module.SERVER_YAML_KEYS)
+    assert read - ours == set(sources_module.SERVER_YAML_KEYS)

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from marsconn.core.errors import ConfigError, PreflightError
 from marsconn.core.neutralise import neutralise
 from marsconn.core.redact import redact, redact_value
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 from marsconn.plan.endpoints import URLError, parse_server_url
+from marsconn.plan.load import load_settings
 from marsconn.plan.model import ConnectionPlan, LogPolicy
 from marsconn.plan.resolve import resolve_plan
 from marsconn.plan.serverlist import read_list_file
-from marsconn.plan.settings import load_settings
 from marsconn.run.engine import _normalise
 from marsconn.run.logs import LogSink
 
@@ -49,7 +49,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(absent))
 
 
 class Quiet:

@@ -18,7 +18,7 @@ import pytest
 from marsconn import resolve_plan
 from marsconn.core.audit import NullAuditLogger
 from marsconn.core.errors import ConfigError
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 from marsconn.plan.configfiles import MAX_CONFIG_BYTES, MAX_YAML_DEPTH
 from marsconn.plan.model import ConnectionPlan, FailoverPolicy
 from marsconn.plan.settings import MarsSettings
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(20)
 @pytest.fixture(autouse=True)
 def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(absent))
 
 
 def resolve(config: Mapping[str, Any] | None = None, **kwargs: Any) -> ConnectionPlan:

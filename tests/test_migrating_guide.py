@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import marsconn
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 from marsconn.testing import MarsScript, dead_url, expected_data
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "migrating.md"
@@ -83,7 +83,7 @@ def guide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """The guide's code as a module namespace, in a clean MARS environment."""
     for name in [n for n in os.environ if n.startswith("MARS_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.yaml"))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.yaml"))
     exceptions = ModuleType("cads_adaptors.exceptions")
     exceptions.__dict__.update(
         MarsRuntimeError=MarsRuntimeError,

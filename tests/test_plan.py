@@ -17,7 +17,7 @@ import structlog.testing
 
 from marsconn.core.errors import ConfigError
 from marsconn.plan import capability
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
 from marsconn.plan.endpoints import Endpoint, parse_server_url
 from marsconn.plan.model import ConnectionPlan, FailoverPolicy, Mode, Reason, Timeouts
 from marsconn.plan.provenance import Provenance, SourceKind
@@ -53,7 +53,7 @@ class Quiet:
 def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """No /etc/cads-mars-server.yaml, and no installed cads-mars-server unless a test says so."""
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(absent))
 
     def not_installed(name: str) -> str:
         raise capability.metadata.PackageNotFoundError(name)

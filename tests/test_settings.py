@@ -10,17 +10,12 @@ from typing import Any
 import pytest
 
 from marsconn.core.errors import ConfigError, Problem
-from marsconn.plan import settings as settings_module
+from marsconn.plan import sources as sources_module
+from marsconn.plan.load import LoadedSettings, load_settings
 from marsconn.plan.provenance import Provenance, SourceKind
 from marsconn.plan.serverlist import DEFAULT_LIST_FILES
-from marsconn.plan.settings import (
-    CONFIG_FILE_VAR,
-    DEFAULT_CONFIG_FILE,
-    LoadedSettings,
-    MarsSettings,
-    load_settings,
-    setting_keys,
-)
+from marsconn.plan.settings import MarsSettings, setting_keys
+from marsconn.plan.sources import CONFIG_FILE_VAR, DEFAULT_CONFIG_FILE
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 BOOL = "true/false, 1/0, yes/no, on/off (any case)"
@@ -35,7 +30,7 @@ def no_system_yaml(
 ) -> None:
     """Point the default YAML path at a file that does not exist: tests never see /etc."""
     absent = tmp_path_factory.mktemp("etc") / "cads-mars-server.yaml"
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(absent))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(absent))
 
 
 def load(config: Mapping[str, Any] | None = None, **kwargs: Any) -> LoadedSettings:
@@ -446,7 +441,7 @@ def test_default_yaml_file_is_read_when_present(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     default = write(tmp_path / "cads-mars-server.yaml", "shares_port: 9555\n")
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(default))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(default))
     loaded = load()
     assert loaded.settings.shares_port == 9555
     assert loaded.config_file == default
@@ -615,7 +610,7 @@ def test_unreadable_yaml_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "not UTF-8 text (byte 21); accepted: a readable UTF-8 YAML file"
     ]
     # The default file, present but unreadable, is a problem too (absent would be fine).
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(tmp_path))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(tmp_path))
     assert problems_of() == [
         f"default YAML config: YAML config file {str(tmp_path)!r} cannot be read: "
         "a directory, not a regular file; accepted: a readable UTF-8 YAML file"
@@ -808,7 +803,7 @@ def test_docs_worked_example_holds(in_tmp: Path, monkeypatch: pytest.MonkeyPatch
         in_tmp / "cads-mars-server.yaml",
         "use_shares: true\nshares_port: 9101\nrequest_timeout: 60\n",
     )
-    monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", str(yaml_file))
+    monkeypatch.setattr(sources_module, "DEFAULT_CONFIG_FILE", str(yaml_file))
     write(in_tmp / "deploy.env", "MARS_REQUEST_TIMEOUT=45\nMARS_MAX_RETRIES=5\n")
     loaded = load(
         {"mars_servers": ["http://mars-a:9000", "http://mars-b:9000"]},
@@ -876,7 +871,7 @@ def test_problem_text_without_value_or_accepted() -> None:
 
 
 def test_values_source_answers_per_field() -> None:
-    source = settings_module._ValuesSource(
+    source = sources_module._ValuesSource(
         MarsSettings, {"pipe_port": ("9100", Provenance(SourceKind.ENV, "MARS_PIPE_PORT"))}
     )
     info = MarsSettings.model_fields["pipe_port"]

@@ -1,7 +1,7 @@
 """load_settings' own validator against the completed MarsSettings model: the same answers.
 
 MarsSettings is built with ``defer_build`` and load_settings validates with a pydantic-core
-validator made from the model's fields (marsconn.plan.settings._fast_validator), so that a first
+validator made from the model's fields (marsconn.plan.validation._fast_validator), so that a first
 plan does not pay for completing the model. Every field, fed values of every kind, must
 give the same settings or the same errors (type, location, message, input) both ways.
 """
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from marsconn.plan import settings as settings_module
+from marsconn.plan import validation as validation_module
 from marsconn.plan.settings import MarsSettings
 
 FIELDS = list(MarsSettings.model_fields)
@@ -63,41 +63,41 @@ def _comparable(errors: list[Any]) -> list[Any]:
 
 
 def test_the_fast_validator_is_used() -> None:
-    assert settings_module._fast_validator() is not None
+    assert validation_module._fast_validator() is not None
 
 
 @settings(max_examples=300, deadline=None)
 @given(field=st.sampled_from(FIELDS), value=values)
 def test_each_field_gives_the_same_answer_both_ways(field: str, value: Any) -> None:
     data = {field: value}
-    assert outcome(settings_module._validated, data) == outcome(
-        settings_module._validated_by_model, data
+    assert outcome(validation_module._validated, data) == outcome(
+        validation_module._validated_by_model, data
     )
 
 
 @settings(max_examples=100, deadline=None)
 @given(data=st.dictionaries(st.sampled_from([*FIELDS, "not_a_field"]), values, max_size=5))
 def test_several_fields_at_once_give_the_same_answer(data: dict[str, Any]) -> None:
-    assert outcome(settings_module._validated, data) == outcome(
-        settings_module._validated_by_model, data
+    assert outcome(validation_module._validated, data) == outcome(
+        validation_module._validated_by_model, data
     )
 
 
 def test_defaults_and_fields_set_match() -> None:
-    fast = settings_module._validated({"pipe_port": "9100"})
-    model = settings_module._validated_by_model({"pipe_port": "9100"})
+    fast = validation_module._validated({"pipe_port": "9100"})
+    model = validation_module._validated_by_model({"pipe_port": "9100"})
     assert fast == model
     assert fast.model_fields_set == model.model_fields_set == {"pipe_port"}
     assert type(fast) is MarsSettings
 
 
 def test_an_unknown_field_type_falls_back_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings_module, "_fast", None)
-    monkeypatch.setattr(settings_module, "_type_schema", lambda annotation, metadata: None)
-    assert settings_module._fast_validator() is None
-    assert settings_module._validated({"pipe_port": "9100"}).pipe_port == 9100
+    monkeypatch.setattr(validation_module, "_fast", None)
+    monkeypatch.setattr(validation_module, "_type_schema", lambda annotation, metadata: None)
+    assert validation_module._fast_validator() is None
+    assert validation_module._validated({"pipe_port": "9100"}).pipe_port == 9100
     with pytest.raises(ValidationError):
-        settings_module._validated({"pipe_port": "x"})
+        validation_module._validated({"pipe_port": "x"})
 
 
 @pytest.mark.parametrize(
@@ -105,4 +105,4 @@ def test_an_unknown_field_type_falls_back_to_the_model(monkeypatch: pytest.Monke
     [(bytes, []), (int | str, []), (list[int], []), (str, [object()])],
 )
 def test_types_it_does_not_know_give_none(annotation: Any, metadata: list[Any]) -> None:
-    assert settings_module._type_schema(annotation, metadata) is None
+    assert validation_module._type_schema(annotation, metadata) is None

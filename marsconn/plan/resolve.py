@@ -22,8 +22,9 @@ from .endpoints import (
     parse_server_url,
     to_websocket,
 )
+from .load import LoadedSettings, _load
 from .serverlist import DEFAULT_LIST_FILES, ListedServer
-from .settings import LoadedSettings, MarsSettings, _load
+from .settings import MarsSettings
 
 if TYPE_CHECKING:
     from .capability import Capability

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import Problem
+from .load import LoadedSettings
 from .serverlist import ListedServer, read_list_file, split_inline_list
-from .settings import LoadedSettings
 
 if TYPE_CHECKING:
     pass
