@@ -15,7 +15,8 @@ Sources, highest precedence first:
 This module holds the model, its fields and their checks. Each source is read by
 :mod:`marsconn.plan.sources` as a pydantic-settings source;
 :func:`~marsconn.plan.load.load_settings` merges them the way pydantic-settings does
-(the first source that has a key wins) while remembering which source that was, so every effective value can be traced.
+(the first source that has a key wins) while remembering which source that was, so every
+effective value can be traced.
 """
 
 from __future__ import annotations
