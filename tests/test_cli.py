@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
-from marsconn import cli, resolve_plan
+from marsconn import cli, cli_commands, resolve_plan
 from marsconn.core.errors import ConfigError
 from marsconn.core.version import __version__
 from marsconn.plan import capability
@@ -1102,7 +1102,7 @@ def test_progress_on_a_terminal_draws_a_status_line() -> None:
             return True
 
     stream = Tty()
-    with cli._Progress(stream) as progress:
+    with cli_commands._Progress(stream) as progress:
         assert progress.handler("mars - INFO - 10%", None, None) == "mars - INFO - 10%"
         text = stream.getvalue()
         assert "1 log line  mars - INFO - 10%" in text
@@ -1171,7 +1171,7 @@ def test_example_config_lists_prints_and_writes(
 ) -> None:
     code, out, _ = run(capsys, "example-config")
     assert code == 0
-    for name in cli.EXAMPLES:
+    for name in cli_commands.EXAMPLES:
         assert f"  {name} " in out
     code, out, _ = run(capsys, "example-config", "cads-mars-server.yaml")
     assert code == 0
@@ -1179,7 +1179,7 @@ def test_example_config_lists_prints_and_writes(
 
     code, out, _ = run(capsys, "example-config", "--write", str(tmp_path))
     assert code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cli.EXAMPLES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cli_commands.EXAMPLES)
     assert (tmp_path / "servers.list").read_bytes() == (
         ROOT / "config" / "servers.list"
     ).read_bytes()
@@ -1201,8 +1201,8 @@ def test_example_config_lists_prints_and_writes(
 
 def test_docs_lists_and_prints(capsys: pytest.CaptureFixture[str]) -> None:
     # The source tree's docs/, or the copy an installed wheel carries (marsconn/_docs).
-    folder = cli._shipped("_docs", "docs")
-    assert folder in (ROOT / "docs", Path(cli.__file__).parent / "_docs")
+    folder = cli_commands._shipped("_docs", "docs")
+    assert folder in (ROOT / "docs", Path(cli_commands.__file__).parent / "_docs")
     code, out, _ = run(capsys, "docs")
     assert code == 0
     assert f"marsconn's documentation is in {folder}" in out
@@ -1220,17 +1220,19 @@ def test_shipped_files_are_found_in_a_wheel_a_source_tree_or_nowhere(
     wheel = tmp_path / "site-packages" / "marsconn"
     (wheel / "_docs").mkdir(parents=True)
     (wheel / "_docs" / "cli.md").write_text("# cli\n")
-    monkeypatch.setattr(cli, "__file__", str(wheel / "cli.py"))
-    assert cli._shipped("_docs", "docs") == wheel / "_docs"
+    monkeypatch.setattr(cli_commands, "__file__", str(wheel / "cli_commands.py"))
+    assert cli_commands._shipped("_docs", "docs") == wheel / "_docs"
     code, out, _ = run(capsys, "docs", "cli")
     assert (code, out) == (0, "# cli\n")
     # Neither: the docs' address, and a clear error for the examples.
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "bare" / "marsconn" / "cli.py"))
-    assert cli._shipped("_docs", "docs") is None
+    monkeypatch.setattr(
+        cli_commands, "__file__", str(tmp_path / "bare" / "marsconn" / "cli_commands.py")
+    )
+    assert cli_commands._shipped("_docs", "docs") is None
     code, out, _ = run(capsys, "docs")
     assert (code, out) == (
         0,
-        f"no copy of the documentation is installed; it is at {cli.DOCS_URL}\n",
+        f"no copy of the documentation is installed; it is at {cli_commands.DOCS_URL}\n",
     )
     code, _, err = run(capsys, "example-config")
     assert code == 6
