@@ -1,6 +1,6 @@
-"""The executor's audit events, loaded on first use by :mod:`marsconn.audit` (their home).
+"""The executor's audit events, loaded on first use by :mod:`marsconn.core.audit` (their home).
 
-Import them from :mod:`marsconn.audit`; they live here only so that resolving a plan does
+Import them from :mod:`marsconn.core.audit`; they live here only so that resolving a plan does
 not pay for creating them.
 """
 

@@ -1,4 +1,4 @@
-"""Server URLs: parsing, redaction and pipe -> WebSocket translation.
+"""Server URLs: parsing and pipe -> WebSocket translation (redaction: marsconn.core.redact).
 
 Everything here is pure: no I/O, no settings lookups. A URL is parsed once
 into a :class:`ServerURL`; translation returns a new value.

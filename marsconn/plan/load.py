@@ -146,7 +146,7 @@ def load_settings(
     fields by name. A ``MARS_CONFIG_FILE`` naming a file that does not exist
     is a warning (the other sources apply, as in cads-mars-server), or a
     problem when ``strict`` is true; a missing ``config_file`` is always a
-    problem. Raises :class:`~marsconn.errors.ConfigError` listing every
+    problem. Raises :class:`~marsconn.core.errors.ConfigError` listing every
     problem.
     """
     loaded, problems = _load(

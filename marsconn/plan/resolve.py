@@ -282,7 +282,7 @@ def resolve_plan(
     warning and the other sources apply, as in cads-mars-server; with
     ``strict`` (what ``marsconn validate`` uses) it is a problem.
 
-    Raises :class:`~marsconn.errors.ConfigError` listing every problem.
+    Raises :class:`~marsconn.core.errors.ConfigError` listing every problem.
     """
     loaded, problems = _load(
         config,

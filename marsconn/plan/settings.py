@@ -1,4 +1,4 @@
-"""Typed MARS connection settings, merged from every source with provenance.
+"""Typed MARS connection settings: the model, its fields and their checks.
 
 Sources, highest precedence first:
 

@@ -373,7 +373,7 @@ async def execute_async(
     show or None, may call ``job.kill()``, and aborts the job by raising.
     ``logger`` receives shown lines (stdlib, structlog or adaptor context).
 
-    Inputs that cannot work raise :class:`~marsconn.errors.PreflightError`
+    Inputs that cannot work raise :class:`~marsconn.core.errors.PreflightError`
     before any connection. Server and MARS failures do not raise: they are
     in ``Result.error``. Cancellation stops the job on the server and
     re-raises.

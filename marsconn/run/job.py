@@ -25,7 +25,7 @@ class Job:
 
     ``kill()`` asks the server to stop the job; the transport sends the kill
     as soon as the handler returns, and the retrieval ends with a
-    :class:`~marsconn.errors.JobKilledError`.
+    :class:`~marsconn.core.errors.JobKilledError`.
 
     Handlers written for cads-mars-server's ``(line, ws, logger)`` signature
     get this object where they got the WebSocket. What such handlers do

@@ -64,7 +64,7 @@ class _BodyWriter:
 
     The data views point into the receive buffer and are written before
     the callback returns, in order with the truncations ``RWND`` and
-    ``EROR`` ask for. As before :class:`~marsconn.pipeproto.PipeStream`,
+    ``EROR`` ask for. As before :class:`~marsconn.wire.pipe_stream.PipeStream`,
     data decoded after the last event of a read that then turns out
     malformed is not written.
     """
@@ -237,7 +237,7 @@ class PipeTransport:
         self._errors = _MarsErrors()
 
     async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
-        """One attempt; see :class:`marsconn.executor.Transport`."""
+        """One attempt; see :class:`marsconn.run.job.Transport`."""
         session = _Session(endpoint, ctx.plan)
         try:
             return await self._attempt(session, ctx)
@@ -526,7 +526,7 @@ class PipeTransport:
         """Feed MARS's log to the sink, then delete it on the server.
 
         A failure to fetch or delete is only noted in the log; the sink
-        raising (:class:`~marsconn.errors.LogHandlerError`) propagates, after
+        raising (:class:`~marsconn.core.errors.LogHandlerError`) propagates, after
         the log is deleted all the same.
         """
         server = session.server

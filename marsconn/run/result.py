@@ -69,10 +69,10 @@ class Result:
 
     @property
     def error_kind(self) -> ErrorKind | None:
-        """The :class:`~marsconn.errors.ErrorKind` of the failure; None on success.
+        """The :class:`~marsconn.core.errors.ErrorKind` of the failure; None on success.
 
         A marsconn error gives its class's ``kind``; any other exception
-        counts as :attr:`~marsconn.errors.ErrorKind.RUNTIME`.
+        counts as :attr:`~marsconn.core.errors.ErrorKind.RUNTIME`.
         """
         if self.error is None:
             return None

@@ -1,8 +1,8 @@
 """WebSocket ("shares") transport: one connection runs one job.
 
 The socket edge only: the meaning of each message lives in
-:mod:`marsconn.jobstate`, the private per-attempt directory in
-:mod:`marsconn.attemptdir`. Time limits are per phase, never per job: the
+:mod:`marsconn.wire.ws_job`, the private per-attempt directory in
+:mod:`marsconn.run.attemptdir`. Time limits are per phase, never per job: the
 connect timeout covers TCP, TLS and the handshake; ``request_timeout``
 covers the wait for ``started``; after that the job runs for as long as the
 server shows signs of life. Silence alone never condemns a server: after
@@ -154,7 +154,7 @@ class WebSocketTransport:
         self._closing: set[asyncio.Task[None]] = set()
 
     async def attempt(self, endpoint: Endpoint, ctx: JobContext) -> Outcome:
-        """One attempt; see :class:`marsconn.executor.Transport`."""
+        """One attempt; see :class:`marsconn.run.job.Transport`."""
         try:
             place = AttemptDir.create(ctx.target, ctx.plan.shares_dir_mode)
         except OSError as exc:

@@ -137,7 +137,7 @@ class HttpResponseReader:
     :meth:`feed_eof` when the connection closes. Both return the events
     completed so far: one :class:`ResponseHead`, any number of
     :class:`BodyPiece`, one :class:`ResponseEnd`. A peer breaking the
-    protocol raises :class:`~marsconn.errors.TransferError`.
+    protocol raises :class:`~marsconn.core.errors.TransferError`.
 
     Interim (1xx) responses are skipped. Bytes after a complete response
     (pipelining, which this client never does) make the connection

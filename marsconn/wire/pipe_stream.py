@@ -84,7 +84,7 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 #: What :meth:`PipeStream.feed` returns: data views, events, and at most one
 #: terminal item (:class:`ErrorTrailer`, :class:`ResponseEnd` or the
-#: :class:`~marsconn.errors.TransferError` a malformed body ended with).
+#: :class:`~marsconn.core.errors.TransferError` a malformed body ended with).
 StreamItem = Buffer | Rewind | EndOfRequest | ErrorTrailer | ResponseEnd | TransferError
 
 
@@ -103,12 +103,12 @@ class PipeStream:
     :class:`Rewind` and :class:`EndOfRequest` events, and at most one
     terminal item, last: :class:`ErrorTrailer` (MARS failed after data
     began), :class:`ResponseEnd` (the body is complete and ended with
-    ``ENDR``), or the :class:`~marsconn.errors.TransferError` that a
+    ``ENDR``), or the :class:`~marsconn.core.errors.TransferError` that a
     malformed body's meaning ends with (data after ``ENDR``, no ``ENDR``,
     a bad ``EROR`` payload). :attr:`plain` is true when every item is data.
 
     A malformed chunked framing anywhere in the bytes fed raises
-    :class:`~marsconn.errors.TransferError` at once, before any of the
+    :class:`~marsconn.core.errors.TransferError` at once, before any of the
     bytes' items apply: the framing of a read is checked as a whole, as
     :class:`HttpResponseReader` does, and a terminal item only ends the
     body's meaning, not that check.

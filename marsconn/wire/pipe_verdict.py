@@ -106,14 +106,14 @@ def classify_status(
     """Classify the status of a ``POST /`` answer.
 
     200 is success. 400 (MARS exited before any data) is final, class
-    ``mars_rejected``, with a :class:`~marsconn.errors.MarsRequestError`
+    ``mars_rejected``, with a :class:`~marsconn.core.errors.MarsRequestError`
     carrying ``X-MARS-EXIT-CODE``. 500, 502, 503, 504 and 408 are retried on
     the same server (then the next); 429 and every other status go to the
     next server. ``X-MARS-RETRY-SAME-HOST`` / ``X-MARS-RETRY-NEXT-HOST``
     (0/1) override these defaults one flag each; when the flags say
     neither, the answer is final. A 500 with ``X-MARS-SIGNAL`` means MARS
     was killed: class ``mars_killed``, error
-    :class:`~marsconn.errors.JobKilledError`. A 3xx is a redirect, never
+    :class:`~marsconn.core.errors.JobKilledError`. A 3xx is a redirect, never
     followed: class ``redirected``, next server, naming where it pointed
     (redacted). Other failures have class ``http_<status>``. ``detail``
     (e.g. a preview of the body) is appended to the error message.
@@ -174,7 +174,7 @@ def classify_error_trailer(payload: Mapping[str, Any], *, server: str = "") -> V
     """Classify the JSON object that followed ``EROR``.
 
     ``{"exited": N}``: MARS exited with code N after data began; final,
-    class ``mars_rejected``, :class:`~marsconn.errors.MarsRequestError`.
+    class ``mars_rejected``, :class:`~marsconn.core.errors.MarsRequestError`.
     ``{"killed": SIG, "retry_same_host": b, "retry_next_host": b}``: class
     ``mars_killed``, same server / next server / final per the flags (a
     missing flag takes the default of a 500 answer: retry). Anything else
