@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ssl
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,9 +28,12 @@ from marsconn.run.health import ServerHealth
 from marsconn.run.pipe_connection import (
     READ_BUFFER,
     READ_BUFFER_MAX,
+    STREAM_THREADS,
+    THREAD_AFTER,
     _Conn,
     _open,
     _SharedBuffer,
+    _StreamThreads,
     _Wire,
 )
 from marsconn.run.pipe_partfile import temp_path_pattern
@@ -284,12 +288,17 @@ async def test_own_buffer_grows_for_a_long_body_and_shrinks_before_the_next_requ
 # --- failures inside the protocol callback ----------------------------------------------------
 
 
+#: A body part that never comes: the server goes silent there.
+HANG = b"(hang)"
+
+
 @pytest.fixture
 async def slow_start_server() -> AsyncIterator[tuple[str, list[bytes]]]:
     """A pipe server whose answer comes in parts: the head, then each body part 50 ms apart.
 
-    ``parts`` (yielded) is filled by the test before the job runs. The log
-    fetch and delete get 404.
+    ``parts`` (yielded) is filled by the test before the job runs; after the
+    last one the server closes the connection (``HANG`` instead: silence).
+    The log fetch and delete get 404.
     """
     parts: list[bytes] = []
 
@@ -310,6 +319,8 @@ async def slow_start_server() -> AsyncIterator[tuple[str, list[bytes]]]:
                     for part in parts:
                         await writer.drain()
                         await asyncio.sleep(0.05)
+                        if part is HANG:
+                            await asyncio.sleep(3600)
                         writer.write(part)
                     await writer.drain()
                     break
@@ -377,4 +388,145 @@ async def test_write_failure_mid_stream_is_final(
     assert "No space left" in str(result.error)
     assert len(calls) >= 2  # it failed in a later read, inside the protocol callback
     assert names(tmp_path) == []
+    assert _SharedBuffer.current() is None
+
+
+# --- large bodies in a worker thread ----------------------------------------------------------
+
+
+BIG = THREAD_AFTER + 1024 * 1024  # past the point where a body moves to a worker thread
+
+
+def threads_idle() -> bool:
+    """Every worker-thread slot given back, and the pool made (a transfer used it)."""
+    return _StreamThreads._free == STREAM_THREADS and _StreamThreads._pool is not None
+
+
+async def test_large_body_in_a_thread_then_the_same_connection_goes_on(
+    mars_pipe_server_factory: Factory, tmp_path: Path
+) -> None:
+    # The test server keeps connections alive: the log fetch after the body
+    # is read by the event loop again, on the connection the thread read.
+    server = mars_pipe_server_factory(by_request)
+    target = tmp_path / "big.grib"
+    result = await run(plan([server.url]), target, size=BIG + 5, seed=4)
+    assert result.ok, result.error
+    assert matches(target, BIG + 5, 4)
+    assert threads_idle()
+    assert len(server.deleted) == 1  # the log was fetched and deleted after the thread's body
+
+
+async def test_silence_in_a_thread_is_a_read_timeout(
+    slow_start_server: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    url, parts = slow_start_server
+    parts += [chunks(expected_data(BIG)), HANG]
+    target = tmp_path / "silent.grib"
+    result = await run(plan([url], read_timeout=0.5), target)
+    assert [a.error_class for a in result.attempts] == ["read_timeout"]
+    assert f"after {BIG} data bytes" in str(result.attempts[0].error)
+    assert names(tmp_path) == []
+    assert threads_idle()
+
+
+async def test_broken_framing_in_a_thread_is_a_broken_transfer(
+    slow_start_server: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    url, parts = slow_start_server
+    parts += [chunks(expected_data(BIG)), b"zz\r\n"]
+    result = await run(plan([url]), tmp_path / "broken.grib")
+    assert [a.error_class for a in result.attempts] == ["transfer_broken"]
+    assert f"broke after {BIG} bytes: malformed chunk-size line 'zz'" in str(result.error)
+    assert names(tmp_path) == []
+    assert threads_idle()
+
+
+async def test_eof_in_a_thread_is_a_broken_transfer_unless_endr_came(
+    slow_start_server: tuple[str, list[bytes]], tmp_path: Path
+) -> None:
+    url, parts = slow_start_server
+    parts += [chunks(expected_data(BIG))]
+    result = await run(plan([url]), tmp_path / "cut.grib")
+    assert [a.error_class for a in result.attempts] == ["transfer_broken"]
+    assert "no terminating chunk" in str(result.error)
+    assert names(tmp_path) == []
+    # The same, with ENDR before the close: the data is complete.
+    parts += [b"4\r\nENDR\r\n"]
+    target = tmp_path / "whole.grib"
+    result = await run(plan([url]), target)
+    assert result.ok, result.error
+    assert matches(target, BIG, 0)
+    assert threads_idle()
+
+
+async def test_write_failure_in_a_thread_is_final(
+    slow_start_server: tuple[str, list[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from marsconn import TargetError
+    from marsconn.run import pipe_partfile
+
+    url, parts = slow_start_server
+    parts += [chunks(expected_data(BIG)), b"4\r\nENDR\r\n0\r\n\r\n"]
+    write = pipe_partfile._PartFile.write
+    where: list[str] = []
+
+    def fails_late(self: Any, pieces: Any) -> None:
+        if self.size >= THREAD_AFTER + 65536:
+            where.append(threading.current_thread().name)
+            raise TargetError("cannot write the output: No space left on device")
+        write(self, pieces)
+
+    monkeypatch.setattr(pipe_partfile._PartFile, "write", fails_late)
+    result = await run(plan([url]), tmp_path / "full.grib")
+    assert [a.error_class for a in result.attempts] == ["target_error"]
+    assert where[0].startswith("marsconn-pipe")  # it failed in the worker thread
+    assert names(tmp_path) == []
+    assert threads_idle()
+
+
+async def test_cancelled_in_a_thread_the_server_sees_its_client_gone(
+    mars_pipe_server_factory: Factory, tmp_path: Path
+) -> None:
+    server = mars_pipe_server_factory(by_request)
+    target = tmp_path / "cancelled.grib"
+    task = asyncio.ensure_future(run(plan([server.url]), target, size=400 * 65536, delay=0.005))
+    for _ in range(1000):
+        if server.posts and server.posts[0].bytes_sent > BIG:
+            break
+        await asyncio.sleep(0.01)
+    assert server.posts[0].bytes_sent > BIG
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert names(tmp_path) == []
+    assert threads_idle()  # the thread had returned before the cancellation did
+    # The server notices its client is gone: it stops sending.
+    sent = -1
+    for _ in range(200):
+        if server.posts[0].bytes_sent == sent:
+            break
+        sent = server.posts[0].bytes_sent
+        await asyncio.sleep(0.05)
+    assert server.posts[0].outcome == "dropped"
+    assert server.posts[0].bytes_sent < 400 * 65536
+
+
+async def test_more_large_bodies_than_threads_all_arrive(
+    mars_pipe_server_factory: Factory, tmp_path: Path
+) -> None:
+    server = mars_pipe_server_factory(by_request)
+    p = plan([server.url])
+    count = STREAM_THREADS * 2 + 1
+    results = await asyncio.gather(
+        *(
+            run(p, tmp_path / f"big-{i}.grib", size=BIG + i, seed=i, delay=0.002)
+            for i in range(count)
+        )
+    )
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    for i in range(count):
+        assert matches(tmp_path / f"big-{i}.grib", BIG + i, i)
+    assert threads_idle()
     assert _SharedBuffer.current() is None

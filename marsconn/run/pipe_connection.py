@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import mmap
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 from ..core.errors import TransferError
@@ -39,7 +42,7 @@ from ..wire.http_response import (
 from ..wire.pipe_request import encode_request
 from .connecting import connect_failure
 
-__all__ = ["READ_BUFFER", "READ_BUFFER_MAX", "STREAM_BUFFER"]
+__all__ = ["READ_BUFFER", "READ_BUFFER_MAX", "STREAM_BUFFER", "STREAM_THREADS", "THREAD_AFTER"]
 
 #: A connection's own receive buffer: heads, small bodies, MARS's log.
 READ_BUFFER = 16 * 1024
@@ -49,9 +52,21 @@ READ_BUFFER = 16 * 1024
 READ_BUFFER_MAX = 256 * 1024
 
 
-#: The buffer a job's output is received into, shared by the streaming
-#: connections of a thread (see _SharedBuffer).
-STREAM_BUFFER = 1024 * 1024
+#: The buffer a job's output is received into: shared by the connections
+#: streaming in the protocol callbacks of a thread (see _SharedBuffer), one per
+#: worker-thread transfer. Through the real pipe server, 256 KiB reads beat
+#: 128 KiB and 1 MiB on CPU and on wall time (docs/performance.md).
+STREAM_BUFFER = 256 * 1024
+
+
+#: A body that has streamed this many bytes in the protocol callback goes on in
+#: a worker thread reading a blocking socket (plain TCP; TLS stays in the loop):
+#: a read then costs a system call and the decoding, not an event-loop turn.
+THREAD_AFTER = 2 * 1024 * 1024
+
+
+#: Transfers in worker threads at once; others stay in the protocol callback.
+STREAM_THREADS = 4
 
 
 # TCP keepalive: a peer that vanished without a FIN or RST (powered off,
@@ -127,6 +142,72 @@ class _SharedBuffer:
 _Sink = Callable[[Searchable, int, int], bool]
 
 
+class _StreamThreads:
+    """The worker threads that receive large bodies, and how many are taken.
+
+    A slot is taken before a transfer moves to a thread and given back when
+    it ends, so a transfer never waits in the pool's queue: when every slot
+    is taken it stays in the protocol callback. The pool is made on first
+    use and forgotten in a forked child (its threads do not exist there).
+    """
+
+    _lock = threading.Lock()
+    _pool: ThreadPoolExecutor | None = None
+    _free = STREAM_THREADS
+
+    @classmethod
+    def take(cls) -> ThreadPoolExecutor | None:
+        with cls._lock:
+            if cls._free <= 0:
+                return None
+            cls._free -= 1
+            if cls._pool is None:
+                cls._pool = ThreadPoolExecutor(STREAM_THREADS, thread_name_prefix="marsconn-pipe")
+            return cls._pool
+
+    @classmethod
+    def give_back(cls) -> None:
+        with cls._lock:
+            cls._free += 1
+
+    @classmethod
+    def forget(cls) -> None:
+        cls._lock = threading.Lock()
+        cls._pool = None
+        cls._free = STREAM_THREADS
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_StreamThreads.forget)
+
+
+def _pump(sock: socket.socket, sink: _Sink, stopped: list[bool]) -> bool:
+    """In a worker thread: feed ``sink`` from a blocking socket; True when it is satisfied.
+
+    False at EOF, or when ``stopped[0]`` was set (the retrieval was cancelled:
+    the sink is not called again). A read waiting longer than the socket's
+    timeout raises TimeoutError; what the sink raises propagates.
+    """
+    data = mmap.mmap(-1, STREAM_BUFFER)
+    view = memoryview(data)
+    recv_into = sock.recv_into
+    while True:
+        count = recv_into(view)
+        if stopped[0] or not count:
+            return False
+        if sink(data, 0, count):
+            return True
+
+
+async def _joined(future: asyncio.Future[bool]) -> None:
+    """Wait until ``future`` (a worker thread) is done, whatever cancels the waiting task."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future})
+    if not future.cancelled():
+        future.exception()  # seen: the cancellation is what the caller reports
+
+
 class _Wire(asyncio.BufferedProtocol):
     """Receives into a small buffer of its own; :meth:`read` hands out views of it.
 
@@ -165,6 +246,9 @@ class _Wire(asyncio.BufferedProtocol):
         self._sink_done = False
         self._last = 0.0  # loop time of the last bytes while streaming
         self._clock: Callable[[], float] = time.monotonic
+        # Bytes a body may still stream in the callback before moving to a thread.
+        self._until_thread = sys.maxsize
+        self._moving: _Sink | None = None  # the sink of a body moving to a thread
         self.error: BaseException | None = None
         self.closed = False
 
@@ -198,6 +282,11 @@ class _Wire(asyncio.BufferedProtocol):
                 self._sink_done = True
                 self._stop_sink()
                 self._wake()
+                return
+            self._until_thread -= nbytes
+            if self._until_thread <= 0:
+                self._until_thread = sys.maxsize
+                self._move_to_thread(sink)
             return
         self._end += nbytes
         if self._end == len(self._buf):
@@ -300,8 +389,22 @@ class _Wire(asyncio.BufferedProtocol):
         self._sink = sink
         self._sink_done = False
         self._shared = _SharedBuffer.acquire()
+        transport = self._transport
+        if (
+            transport is not None
+            and transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("socket") is not None
+        ):
+            self._until_thread = THREAD_AFTER - (end - start)
         self._resume()
         return False
+
+    def _move_to_thread(self, sink: _Sink) -> None:
+        """Large body: stop reading here; :meth:`drain` hands the socket to a worker thread."""
+        self._moving = sink
+        self._stop_sink()
+        self._pause()
+        self._wake()
 
     def _stop_sink(self) -> None:
         self._sink = None
@@ -346,7 +449,50 @@ class _Wire(asyncio.BufferedProtocol):
         if self._sink_error is not None:
             error, self._sink_error = self._sink_error, None
             raise error
+        moving, self._moving = self._moving, None
+        if moving is not None and not self._sink_done:
+            return await self._drain_in_thread(moving, idle)
         return self._sink_done
+
+    async def _drain_in_thread(self, sink: _Sink, idle: float) -> bool:
+        """Go on feeding ``sink`` from a worker thread reading a blocking duplicate of the socket.
+
+        Reading from the loop stays paused meanwhile. A thread is used only
+        when one is free (else the callback goes on as before). However the
+        wait ends, the thread has returned before this does: the sink and
+        the file it writes are never used after. On cancellation the socket
+        is shut down, which wakes the thread and tells the server its client
+        is gone, as dropping the connection does.
+        """
+        pool = _StreamThreads.take()
+        transport = self._transport
+        raw = transport.get_extra_info("socket") if transport is not None else None
+        if pool is None or raw is None or self.closed:
+            if pool is not None:
+                _StreamThreads.give_back()
+            if self.closed or self._eof:
+                return False
+            # Every thread is busy: carry on in the protocol callback.
+            self._sink = sink
+            self._shared = _SharedBuffer.acquire()
+            self._resume()
+            return await self.drain(idle)
+        stopped = [False]
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        try:
+            sock.settimeout(idle)
+            future = asyncio.get_running_loop().run_in_executor(pool, _pump, sock, sink, stopped)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                stopped[0] = True
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                await _joined(future)
+                raise
+        finally:
+            sock.close()
+            _StreamThreads.give_back()
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` for sending (requests are small: no flow control needed)."""
