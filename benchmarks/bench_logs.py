@@ -35,6 +35,7 @@ import itertools
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -387,6 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-ws", action="store_true", help="skip the WebSocket pass")
     parser.add_argument(
+        "--ws-runs", type=int, default=5, help="WebSocket jobs, medians reported (5)"
+    )
+    parser.add_argument(
+        "--ws-only", action="store_true", help="only the WebSocket pass (skip passes 1 and 2)"
+    )
+    parser.add_argument(
+        "--timer-per-message",
+        action="store_true",
+        help="WebSocket pass: also run each job with a timer re-armed per message, in turn",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="WebSocket pass: do not pin the client to the first CPU and the server to the others",
@@ -403,6 +415,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
     print(f"  mix (first 100,000 lines, by classify_line): {describe_mix(100_000, args.seed)}")
 
+    if args.ws_only:
+        print("  in process: skipped (--ws-only)")
+    else:
+        timing, memory, rate = in_process(args)
+    websocket = None if args.no_ws else over_websocket(args, ws_lines)
+    if not args.ws_only:
+        print(verdict_rate("lines per second, LogSink", rate))
+        print(verdict_memory("peak memory growth, tracemalloc", memory["peak"]))
+        print(verdict_memory("peak memory growth, RSS", timing["rss_growth"]))
+    if websocket is not None:
+        print(verdict_rate("lines per second, over WebSocket, end to end", websocket["rate"]))
+        print(
+            verdict_rate(
+                "lines per second, over WebSocket, client capacity", websocket["capacity"]
+            )
+        )
+        print(verdict_memory("client peak RSS growth, over WebSocket", websocket["rss_growth"]))
+    return 0
+
+
+def in_process(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], float]:
     timing = timing_pass(args.lines, args.batch, args.seed)
     memory = memory_pass(args.lines, args.batch, args.seed)
     rate = timing["seen"] / timing["wall"]
@@ -422,44 +455,75 @@ def main(argv: list[str] | None = None) -> int:
         f"(of which one {args.batch:,}-line input batch: {memory['batch'] / MB:.2f} MB)"
     )
     print(f"    retained after the run:          {memory['retained'] / MB:.2f} MB")
+    return timing, memory, rate
 
-    websocket: dict[str, Any] | None = None
-    if not args.no_ws:
-        websocket = websocket_pass(ws_lines, args.seed, not args.no_pin)
-        ws_rate = ws_lines / websocket["wall"]
-        client_us = websocket["cpu"] / ws_lines * 1e6
-        server_us = websocket["server_cpu"] / ws_lines * 1e6
-        pinning = "client, server on separate CPUs" if websocket["pinned"] else "unpinned"
-        print(
-            f"  over WebSocket ({ws_lines:,} lines, one message each, server in another "
-            f"process, {pinning})"
-        )
-        print(
-            f"    lines kept / dropped:            {websocket['kept']:,} / "
-            f"{websocket['dropped']:,}"
-        )
-        print(f"    wall time, whole job:            {websocket['wall']:.2f} s")
-        print(f"    lines per second, end to end:    {ws_rate:,.0f}")
-        print(
-            f"    client CPU per line:             {client_us:.2f} us "
-            f"(client capacity {1e6 / client_us:,.0f} lines/s)"
-        )
-        print(
-            f"    server CPU per line:             {server_us:.2f} us "
-            f"(server capacity {1e6 / server_us:,.0f} lines/s)"
-        )
-        print(f"    client peak RSS growth:          {websocket['rss_growth'] / MB:.1f} MB")
-    else:
-        print("  over WebSocket: skipped (--no-ws)")
 
-    print(verdict_rate("lines per second, LogSink", rate))
-    print(verdict_memory("peak memory growth, tracemalloc", memory["peak"]))
-    print(verdict_memory("peak memory growth, RSS", timing["rss_growth"]))
-    if websocket is not None:
-        print(verdict_rate("lines per second, over WebSocket, end to end", ws_rate))
-        print(verdict_rate("lines per second, over WebSocket, client capacity", 1e6 / client_us))
-        print(verdict_memory("client peak RSS growth, over WebSocket", websocket["rss_growth"]))
-    return 0
+@contextlib.contextmanager
+def timer_per_message() -> Iterator[None]:
+    """The WebSocket transport as it was: an ``asyncio.timeout`` entered around every recv()."""
+    from marsconn.run import ws_transport
+
+    async def recv(self: Any, ws: Any, limit: float) -> str | bytes:
+        async with asyncio.timeout(limit):
+            return await ws.recv()  # type: ignore[no-any-return]
+
+    lazy = ws_transport._Silence.recv
+    ws_transport._Silence.recv = recv  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ws_transport._Silence.recv = lazy  # type: ignore[method-assign]
+
+
+def over_websocket(args: argparse.Namespace, ws_lines: int) -> dict[str, Any]:
+    """``--ws-runs`` WebSocket jobs, each with a fresh server process; medians and spread."""
+    runs = []
+    per_message = []
+    for _ in range(args.ws_runs):
+        runs.append(websocket_pass(ws_lines, args.seed, not args.no_pin))
+        if args.timer_per_message:
+            with timer_per_message():
+                per_message.append(websocket_pass(ws_lines, args.seed, not args.no_pin))
+    if per_message:
+        rates = sorted(ws_lines / r["wall"] for r in per_message)
+        client = sorted(r["cpu"] / ws_lines * 1e6 for r in per_message)
+        print(
+            f"  over WebSocket, a timer re-armed per message (as before), {len(per_message)} jobs "
+            f"in turn with the ones below: {statistics.median(rates):,.0f} lines/s "
+            f"[{rates[0]:,.0f}-{rates[-1]:,.0f}], client CPU {statistics.median(client):.2f} us "
+            f"per line [{client[0]:.2f}-{client[-1]:.2f}]"
+        )
+    rates = [ws_lines / r["wall"] for r in runs]
+    client_us = [r["cpu"] / ws_lines * 1e6 for r in runs]
+    server_us = [r["server_cpu"] / ws_lines * 1e6 for r in runs]
+    med = statistics.median
+    first = runs[0]
+    pinning = "client, server on separate CPUs" if first["pinned"] else "unpinned"
+    print(
+        f"  over WebSocket ({ws_lines:,} lines, one message each, server in another "
+        f"process, {pinning}; {len(runs)} jobs, median [min-max])"
+    )
+    print(f"    lines kept / dropped:            {first['kept']:,} / {first['dropped']:,}")
+    walls = [r["wall"] for r in runs]
+    spread = f"[{min(walls):.2f}-{max(walls):.2f}]"
+    print(f"    wall time, whole job:            {med(walls):.2f} s {spread}")
+    print(
+        f"    lines per second, end to end:    {med(rates):,.0f} "
+        f"[{min(rates):,.0f}-{max(rates):,.0f}]"
+    )
+    print(
+        f"    client CPU per line:             {med(client_us):.2f} us "
+        f"[{min(client_us):.2f}-{max(client_us):.2f}] "
+        f"(client capacity {1e6 / med(client_us):,.0f} lines/s)"
+    )
+    print(
+        f"    server CPU per line:             {med(server_us):.2f} us "
+        f"[{min(server_us):.2f}-{max(server_us):.2f}] "
+        f"(server capacity {1e6 / med(server_us):,.0f} lines/s)"
+    )
+    growth = max(r["rss_growth"] for r in runs)
+    print(f"    client peak RSS growth:          {growth / MB:.1f} MB (largest)")
+    return {"rate": med(rates), "capacity": 1e6 / med(client_us), "rss_growth": growth}
 
 
 if __name__ == "__main__":
