@@ -375,11 +375,11 @@ async def test_write_failure_mid_stream_is_final(
     write = transport_pipe._PartFile.write
     calls: list[int] = []
 
-    def fails_later(self: Any, pieces: Any) -> None:
+    def fails_later(self: Any, pieces: Any, total: int = -1) -> None:
         calls.append(len(pieces))
         if self.size >= 300000:
             raise TargetError("cannot write the output: No space left on device")
-        write(self, pieces)
+        write(self, pieces, total)
 
     monkeypatch.setattr(transport_pipe._PartFile, "write", fails_later)
     target = tmp_path / "full.grib"
@@ -472,11 +472,11 @@ async def test_write_failure_in_a_thread_is_final(
     write = pipe_partfile._PartFile.write
     where: list[str] = []
 
-    def fails_late(self: Any, pieces: Any) -> None:
+    def fails_late(self: Any, pieces: Any, total: int = -1) -> None:
         if self.size >= THREAD_AFTER + 65536:
             where.append(threading.current_thread().name)
             raise TargetError("cannot write the output: No space left on device")
-        write(self, pieces)
+        write(self, pieces, total)
 
     monkeypatch.setattr(pipe_partfile._PartFile, "write", fails_late)
     result = await run(plan([url]), tmp_path / "full.grib")

@@ -1049,11 +1049,12 @@ def test_part_file_writes_exactly_whatever_the_system_call_does(
     assert temp_path_pattern(tmp_path / "out.grib").fullmatch(part.path.name)
     monkeypatch.setattr(pipe_partfile, "_writev", short_writev)
     part.write([b"abc", memoryview(b"defgh"), bytearray(b"ij")])
+    part.write([b"op", b"qrstu"], 7)  # the caller knows the total
     monkeypatch.setattr(pipe_partfile, "_writev", None)  # a platform without writev
     part.write([b"kl", b"mn"])
     monkeypatch.undo()
     part.write([bytes([i % 256]) for i in range(3000)])  # more pieces than IOV_MAX
-    assert part.size == 14 + 3000
+    assert part.size == 21 + 3000
     part.truncate(3)
     part.write([b"XY"])
     part.close()
@@ -1335,7 +1336,7 @@ async def test_write_failure_is_final(
     mars_target: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def full(self: Any, pieces: Any) -> None:
+    def full(self: Any, pieces: Any, total: int = -1) -> None:
         raise marsconn.TargetError("cannot write the output: No space left on device")
 
     monkeypatch.setattr(transport_pipe._PartFile, "write", full)

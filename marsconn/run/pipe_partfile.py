@@ -43,12 +43,13 @@ class _PartFile:
         self.size = 0
         self.open = True
 
-    def write(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+    def write(self, pieces: list[bytes | bytearray | memoryview], total: int = -1) -> None:
         """Append ``pieces`` in one system call where possible.
 
         A read holds several chunks (and a chunk usually straddles two
         reads), so a read yields several data pieces; one ``writev`` for
-        all of them costs measurably less than a ``write`` each.
+        all of them costs measurably less than a ``write`` each. ``total``,
+        when the caller knows it, is the pieces' length in bytes.
         """
         try:
             if _writev is None:
@@ -57,7 +58,7 @@ class _PartFile:
             if len(pieces) <= _IOV_MAX:
                 written = _writev(self.fd, pieces)
                 self.size += written
-                if written < sum(map(len, pieces)):
+                if written < (total if total >= 0 else sum(map(len, pieces))):
                     self._finish_partial(pieces, written)
                 return
             for start in range(0, len(pieces), _IOV_MAX):

@@ -18,7 +18,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from ..core.errors import JobKilledError, LogHandlerError, NoDataError, TargetError, TransferError
 from ..core.neutralise import neutralise
@@ -80,10 +79,12 @@ class _BodyWriter:
     def take(self, data: Searchable, start: int, end: int) -> bool:
         """Decode and write ``data[start:end]``; True once the body ended (or MARS failed)."""
         stream = self.stream
+        before = stream.data_bytes
         items = stream.feed(data, start, end)
         if stream.plain:
             if items:
-                self.part.write(cast("list[Buffer]", items))
+                # All data: their total is what the stream counted.
+                self.part.write(items, stream.data_bytes - before)  # type: ignore[arg-type]
             return False
         return self._events(items)
 

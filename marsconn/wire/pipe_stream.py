@@ -80,6 +80,10 @@ _RESPONSE_END = ResponseEnd()
 
 
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# A chunk's CRLF and the next size line in their plain form; anything else
+# (extensions, white space, a bare LF, a line cut by the end of the bytes)
+# goes through the general states.
+_NEXT_SIZE = re.compile(rb"\r\n([0-9A-Fa-f]{1,16})\r\n")
 
 
 #: What :meth:`PipeStream.feed` returns: data views, events, and at most one
@@ -209,8 +213,7 @@ class PipeStream:
         bytes...), which the general states then take as they always do.
         """
         append = items.append
-        find = data.find
-        fullmatch = _HEX.fullmatch
+        next_size = _NEXT_SIZE.match
         remaining = self._remaining
         taken = 0
         while pos < end:
@@ -235,19 +238,15 @@ class PipeStream:
             self._fresh = False
             self._state = _S_CRLF
             # The CRLF and the next size line, when they are all here and plain.
-            if end - stop > 3 and data[stop] == 13 and data[stop + 1] == 10:
-                line = stop + 2
-                nl = find(b"\n", line, line + _LINE_WINDOW if line + _LINE_WINDOW < end else end)
-                if nl > line and data[nl - 1] == 13:
-                    text = data[line : nl - 1]
-                    if fullmatch(text) is not None:
-                        size = int(text, 16)
-                        if size > _MARKER_SIZE:
-                            remaining = size
-                            pos = nl + 1
-                            self._fresh = True
-                            self._state = _S_DATA
-                            continue
+            framing = next_size(data, stop, end)
+            if framing is not None:
+                size = int(framing[1], 16)
+                if size > _MARKER_SIZE:
+                    remaining = size
+                    pos = framing.end()
+                    self._fresh = True
+                    self._state = _S_DATA
+                    continue
             break
         self._remaining = remaining
         self.body_bytes += taken
