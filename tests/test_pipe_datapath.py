@@ -530,3 +530,23 @@ async def test_more_large_bodies_than_threads_all_arrive(
         assert matches(tmp_path / f"big-{i}.grib", BIG + i, i)
     assert threads_idle()
     assert _SharedBuffer.current() is None
+
+
+def test_worker_pools_start_afresh_in_a_forked_child() -> None:
+    import os
+
+    from marsconn.run.pipe_partfile import _SyncThreads
+
+    _SyncThreads.pool().submit(int).result(5)  # both pools exist in the parent
+    assert _StreamThreads.take() is not None
+    _StreamThreads.give_back()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pools are forgotten, new ones work
+        ok = _SyncThreads._pool is None and _StreamThreads._pool is None
+        ok = ok and _SyncThreads.pool().submit(lambda: 7).result(5) == 7
+        pool = _StreamThreads.take()
+        ok = ok and pool is not None and pool.submit(lambda: 8).result(5) == 8
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _SyncThreads._pool is not None  # the parent's are untouched
