@@ -27,7 +27,7 @@ client's CPU for more than 5 % of its wall time is taken again (up to 3
 times). Nothing is asserted; targets are printed. Run from the repository
 root::
 
-    .venv/bin/python benchmarks/bench_pipe_memory.py [--jobs 1000] [--size 1GiB] [--rounds 5]
+    .venv/bin/python benchmarks/bench_pipe_memory.py [--jobs 1000] [--size 1GiB] [--rounds 8]
         [--before DIR]
 """
 
@@ -322,7 +322,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="concurrent small jobs")
     parser.add_argument("--hold", type=float, default=2.0, help="seconds MARS takes per small job")
     parser.add_argument("--size", default="1GiB", help="bytes of the large transfer")
-    parser.add_argument("--rounds", type=int, default=5, help="large transfers of each client")
+    parser.add_argument("--rounds", type=int, default=8, help="large transfers of each client")
     parser.add_argument("--dir", default="/dev/shm", help="where the outputs go")
     parser.add_argument("--before", help="also measure the marsconn in this directory")
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")

@@ -18,8 +18,11 @@ clients, each in a fresh child process:
   read, then the log fetched and deleted.
 
 Peer and marsconn alternate which goes first; the limit takes every place
-in turn. Client CPU is the child's own user + system time
-(``getrusage(RUSAGE_SELF)``) over the retrieval alone. Before it, each child
+in turn. ``--before DIR`` adds a fourth client, the marsconn found in
+``DIR`` (e.g. ``git archive <commit> marsconn | tar -x -C DIR``), so that a
+change is measured against what it replaced in the same run. Client CPU is
+the child's own user + system time (``getrusage(RUSAGE_SELF)``) over the
+retrieval alone. Before it, each child
 pins itself to CPU 0 (the server, its forked handlers and MARS are pinned to
 the other CPUs; ``--no-pin`` turns this off), runs one 1 KiB retrieval
 (imports and first-use set-up, as in a worker that has run jobs before),
@@ -68,6 +71,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 KINDS = ("peer", "marsconn", "limit")
+#: With --before: an earlier marsconn, measured in turn with the others.
+BEFORE = "before"
 WARM_UP_SIZE = 1024
 
 
@@ -260,8 +265,11 @@ def run_client(kind: str, url: str, target: Path, args: argparse.Namespace) -> d
     from tests.real.peers import SERVER_SRC
 
     paths = [str(SERVER_SRC), str(HERE), env.get("PYTHONPATH", "")]
+    if kind == BEFORE:
+        paths.insert(0, str(Path(args.before).resolve()))
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    command = [sys.executable, __file__, "--client", kind, "--url", url, "--target", str(target)]
+    role = "marsconn" if kind == BEFORE else kind
+    command = [sys.executable, __file__, "--client", role, "--url", url, "--target", str(target)]
     command += ["--size", str(args.size_bytes), "--seed", str(args.seed)]
     if args.no_pin:
         command.append("--no-pin")
@@ -285,6 +293,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
     parser.add_argument("--idle-wait", type=float, default=60.0, help="longest wait for idle")
+    parser.add_argument(
+        "--before", help="also measure the marsconn in this directory (DIR/marsconn), in turn"
+    )
     parser.add_argument("--client", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -317,7 +328,8 @@ def main() -> None:
             + (f"clients on CPU 0, server and MARS on {others}" if pin else "no pinning")
         )
         want = expected_sha256(size, args.seed)
-        results: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+        kinds = (*KINDS, BEFORE) if args.before else KINDS
+        results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         orders = [
             ("peer", "marsconn", "limit"),
             ("limit", "marsconn", "peer"),
@@ -327,7 +339,10 @@ def main() -> None:
             ("marsconn", "peer", "limit"),
         ]
         for number in range(args.pairs):
-            for kind in orders[number % len(orders)]:
+            order = orders[number % len(orders)]
+            if args.before:  # it takes every place in turn too
+                order = (*order[: number % 4], BEFORE, *order[number % 4 :])
+            for kind in order:
                 target = out / f"{kind}.grib"
                 waited, repeats = 0.0, 0
                 while True:
@@ -366,7 +381,7 @@ def report(results: dict[str, list[dict[str, Any]]], size: int, leftovers: list[
     cpu = {k: [r["cpu"] / gb for r in v] for k, v in results.items()}
     wall = {k: [r["seconds"] for r in v] for k, v in results.items()}
     print("\nper client, median [min-max] over the rounds:")
-    for kind in KINDS:
+    for kind in results:
         print(
             f"  {kind:8s} CPU {_spread(cpu[kind], '.3f')} s/GB   "
             f"wall {_spread(wall[kind], '.3f')} s"
@@ -395,6 +410,14 @@ def report(results: dict[str, list[dict[str, Any]]], size: int, leftovers: list[
     ]
     for label, per_round, of_medians, _, _ in rows:
         print(f"  {label:26s} {_spread(per_round, '.3f')}; {of_medians:.3f}")
+    if BEFORE in cpu:
+        for label, num, den in (
+            ("peer/before client CPU", cpu["peer"], cpu[BEFORE]),
+            ("before/marsconn client CPU", cpu[BEFORE], cpu["marsconn"]),
+            ("before/peer speed", wall["peer"], wall[BEFORE]),
+        ):
+            values = [a / b for a, b in zip(num, den, strict=True)]
+            print(f"  {label:26s} {_spread(values, '.3f')}; {med(num) / med(den):.3f}")
     print(f"MARS logs left on the server: {len(leftovers)}")
     for label, per_round, of_medians, sign, goal in rows:
         value = med(per_round)
