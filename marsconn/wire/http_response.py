@@ -45,6 +45,10 @@ __all__ = [
     "ResponseEnd",
     "ResponseHead",
     "Searchable",
+    "chunked_eof_error",
+    "take_chunk_crlf",
+    "take_size_line",
+    "take_trailer",
 ]
 
 
@@ -266,14 +270,8 @@ class HttpResponseReader:
                 f"connection closed after {self.body_bytes} of "
                 f"{self.body_bytes + self._remaining} body bytes"
             )
-        if state is _State.CHUNK_DATA:
-            raise TransferError(
-                f"connection closed inside a chunk, {self._remaining} bytes short, "
-                f"after {self.body_bytes} body bytes"
-            )
-        raise TransferError(
-            f"connection closed before the end of the chunked body "
-            f"(after {self.body_bytes} body bytes, no terminating chunk)"
+        raise chunked_eof_error(
+            self._remaining if state is _State.CHUNK_DATA else None, self.body_bytes
         )
 
     # head
@@ -365,65 +363,119 @@ class HttpResponseReader:
     # chunked body
 
     def _chunk_line(self, view: memoryview, pos: int, end: int, events: list[HttpEvent]) -> int:
-        window = bytes(view[pos : min(end, pos + _LINE_WINDOW)])
-        nl = window.find(b"\n")
-        if nl == -1:
-            self._line += window
-            if len(self._line) > MAX_CHUNK_LINE:
-                raise TransferError(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes")
-            return pos + len(window)
-        self._line += window[:nl]
-        line = bytes(self._line)
-        self._line.clear()
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        size_text = line.split(b";", 1)[0].strip(b" \t")
-        if _CHUNK_SIZE.fullmatch(size_text) is None:
-            raise TransferError(
-                f"malformed chunk-size line {_preview(line)} after {self.body_bytes} body bytes"
-            )
-        size = int(size_text, 16)
+        pos, size = take_size_line(self._line, view, pos, end, self.body_bytes)
         if size == 0:
             self._state = _State.TRAILER
-        else:
+        elif size > 0:
             self._remaining = size
             self._chunk_fresh = True
             self._state = _State.CHUNK_DATA
-        return pos + nl + 1
+        return pos
 
     def _chunk_crlf(self, view: memoryview, pos: int, end: int) -> int:
-        need = 2 - len(self._line)
-        got = bytes(view[pos : pos + need])
-        self._line += got
-        if not b"\r\n".startswith(bytes(self._line)):
-            raise TransferError(
-                f"chunk not followed by CRLF (got {_preview(bytes(self._line))}) "
-                f"after {self.body_bytes} body bytes: the chunk size was wrong"
-            )
-        if len(self._line) == 2:
-            self._line.clear()
+        pos, complete = take_chunk_crlf(self._line, view, pos, self.body_bytes)
+        if complete:
             self._state = _State.CHUNK_LINE
-        return pos + len(got)
+        return pos
 
     def _trailer(self, view: memoryview, pos: int, end: int, events: list[HttpEvent]) -> int:
-        # Trailer fields are not used; only their end matters. The line that
-        # ended the last chunk's size was consumed, so an empty trailer is a
-        # lone line break and a non-empty one ends with a blank line.
-        start = len(self._line)
-        self._line += view[pos:end]
-        lone = _LONE_BREAK.match(self._line)
-        match = lone or _BLANK_LINE.search(self._line, max(0, start - 2))
-        if match is None:
-            if len(self._line) > MAX_TRAILER:
-                raise TransferError(f"chunked trailer larger than {MAX_TRAILER} bytes")
+        after = take_trailer(self._line, view, pos, end)
+        if after < 0:
             return end
-        self._line.clear()
         self._finish(events)
-        return pos + match.end() - start
+        return after
 
     def _finish(self, events: list[HttpEvent]) -> None:
         self._state = _State.IDLE
         events.append(ResponseEnd())
+
+
+# --- chunked framing, shared with PipeStream ----------------------------------------------------
+
+
+def take_size_line(
+    line: bytearray, data: Buffer | Searchable, pos: int, end: int, body_bytes: int
+) -> tuple[int, int]:
+    """Take (the rest of) a chunk-size line from ``data[pos:end]``.
+
+    ``line`` holds what earlier bytes brought of it and is emptied once the
+    line is complete. Returns the position after what was taken and the
+    chunk's size, or -1 while the line goes on past ``end``. Raises
+    TransferError for a malformed or overlong line (``body_bytes``, the
+    body bytes so far, goes into the message).
+    """
+    window = bytes(data[pos : min(end, pos + _LINE_WINDOW)])
+    nl = window.find(b"\n")
+    if nl == -1:
+        line += window
+        if len(line) > MAX_CHUNK_LINE:
+            raise TransferError(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes")
+        return pos + len(window), -1
+    line += window[:nl]
+    text = bytes(line)
+    line.clear()
+    if text.endswith(b"\r"):
+        text = text[:-1]
+    size_text = text.split(b";", 1)[0].strip(b" \t")
+    if _CHUNK_SIZE.fullmatch(size_text) is None:
+        raise TransferError(
+            f"malformed chunk-size line {_preview(text)} after {body_bytes} body bytes"
+        )
+    return pos + nl + 1, int(size_text, 16)
+
+
+def take_chunk_crlf(
+    line: bytearray, data: Buffer | Searchable, pos: int, body_bytes: int
+) -> tuple[int, bool]:
+    """Take (the rest of) the CRLF that ends a chunk's data; True once both bytes are in.
+
+    ``line`` holds the byte an earlier call took. Raises TransferError when
+    anything else follows the data: the chunk size was wrong.
+    """
+    got = bytes(data[pos : pos + 2 - len(line)])
+    line += got
+    if not b"\r\n".startswith(line):
+        raise TransferError(
+            f"chunk not followed by CRLF (got {_preview(bytes(line))}) "
+            f"after {body_bytes} body bytes: the chunk size was wrong"
+        )
+    if len(line) < 2:
+        return pos + len(got), False
+    line.clear()
+    return pos + len(got), True
+
+
+def chunked_eof_error(short: int | None, body_bytes: int) -> TransferError:
+    """What a connection closing inside a chunked body means: ``short`` bytes
+    were missing from the chunk it closed in, or (None) it closed between chunks."""
+    if short is not None:
+        return TransferError(
+            f"connection closed inside a chunk, {short} bytes short, after {body_bytes} body bytes"
+        )
+    return TransferError(
+        f"connection closed before the end of the chunked body "
+        f"(after {body_bytes} body bytes, no terminating chunk)"
+    )
+
+
+def take_trailer(line: bytearray, data: Buffer | Searchable, pos: int, end: int) -> int:
+    """Take the chunked trailer from ``data[pos:end]``; where it ended, or -1 if it goes on.
+
+    Trailer fields are not used; only their end matters. The line that
+    ended the last chunk's size was consumed, so an empty trailer is a lone
+    line break and a non-empty one ends with a blank line. ``line`` keeps
+    what earlier bytes brought; a trailer over MAX_TRAILER bytes raises
+    TransferError.
+    """
+    start = len(line)
+    line += data[pos:end]
+    match = _LONE_BREAK.match(line) or _BLANK_LINE.search(line, max(0, start - 2))
+    if match is None:
+        if len(line) > MAX_TRAILER:
+            raise TransferError(f"chunked trailer larger than {MAX_TRAILER} bytes")
+        return -1
+    line.clear()
+    return pos + match.end() - start
 
 
 def _preview(data: bytes, limit: int = 60) -> str:

@@ -11,16 +11,15 @@ import re
 
 from ..core.errors import TransferError
 from .http_response import (
-    _BLANK_LINE,
-    _CHUNK_SIZE,
     _LINE_WINDOW,
-    _LONE_BREAK,
-    MAX_CHUNK_LINE,
-    MAX_TRAILER,
     Buffer,
     ResponseEnd,
     Searchable,
     _preview,
+    chunked_eof_error,
+    take_chunk_crlf,
+    take_size_line,
+    take_trailer,
 )
 from .pipe_body import (
     _MARKER_SIZE,
@@ -262,15 +261,8 @@ class PipeStream:
         state = self._state
         if state == _S_DONE:
             return
-        if state in (_S_DATA, _S_SMALL, _S_PAYLOAD, _S_AFTER, _S_SKIP, _S_HELD):
-            raise TransferError(
-                f"connection closed inside a chunk, {self._remaining} bytes short, "
-                f"after {self.body_bytes} body bytes"
-            )
-        raise TransferError(
-            f"connection closed before the end of the chunked body "
-            f"(after {self.body_bytes} body bytes, no terminating chunk)"
-        )
+        inside = state in (_S_DATA, _S_SMALL, _S_PAYLOAD, _S_AFTER, _S_SKIP, _S_HELD)
+        raise chunked_eof_error(self._remaining if inside else None, self.body_bytes)
 
     # framing
 
@@ -297,51 +289,23 @@ class PipeStream:
             self._state = _S_AFTER
 
     def _size_line(self, data: Searchable, pos: int, end: int) -> int:
-        # What HttpResponseReader._chunk_line does, for lines the fast path does not take.
-        window = bytes(data[pos : min(end, pos + _LINE_WINDOW)])
-        nl = window.find(b"\n")
-        if nl == -1:
-            self._line += window
-            if len(self._line) > MAX_CHUNK_LINE:
-                raise TransferError(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes")
-            return pos + len(window)
-        self._line += window[:nl]
-        line = bytes(self._line)
-        self._line.clear()
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        size_text = line.split(b";", 1)[0].strip(b" \t")
-        if _CHUNK_SIZE.fullmatch(size_text) is None:
-            raise TransferError(
-                f"malformed chunk-size line {_preview(line)} after {self.body_bytes} body bytes"
-            )
-        self._chunk(int(size_text, 16))
-        return pos + nl + 1
+        # A line the fast path in feed() does not take (cut by the end of the
+        # bytes, extensions, white space, a bare LF, or malformed).
+        pos, size = take_size_line(self._line, data, pos, end, self.body_bytes)
+        if size >= 0:
+            self._chunk(size)
+        return pos
 
     def _crlf(self, data: Searchable, pos: int, end: int) -> int:
-        need = 2 - len(self._line)
-        got = bytes(data[pos : pos + need])
-        self._line += got
-        if not b"\r\n".startswith(bytes(self._line)):
-            raise TransferError(
-                f"chunk not followed by CRLF (got {_preview(bytes(self._line))}) "
-                f"after {self.body_bytes} body bytes: the chunk size was wrong"
-            )
-        if len(self._line) == 2:
-            self._line.clear()
+        pos, complete = take_chunk_crlf(self._line, data, pos, self.body_bytes)
+        if complete:
             self._state = _S_LINE
-        return pos + len(got)
+        return pos
 
     def _trailer(self, data: Searchable, pos: int, end: int, items: list[StreamItem]) -> int:
-        start = len(self._line)
-        self._line += data[pos:end]
-        lone = _LONE_BREAK.match(self._line)
-        match = lone or _BLANK_LINE.search(self._line, max(0, start - 2))
-        if match is None:
-            if len(self._line) > MAX_TRAILER:
-                raise TransferError(f"chunked trailer larger than {MAX_TRAILER} bytes")
+        after = take_trailer(self._line, data, pos, end)
+        if after < 0:
             return end
-        self._line.clear()
         self._state = _S_DONE
         if not self._stopped:
             # What PipeBodyDecoder.finish() says of a body that ended here.
@@ -360,7 +324,7 @@ class PipeStream:
                 )
             else:
                 self._stop(items, _RESPONSE_END)
-        return pos + match.end() - start
+        return after
 
     # the rare states: markers, the EROR payload, chunks after the end
 
