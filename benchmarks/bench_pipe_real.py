@@ -412,7 +412,7 @@ def main() -> None:
                     print(
                         f"  round {number + 1}"
                         + (f".{turn + 1}" if args.best_of > 1 else "")
-                        + f" {kind:14s} CPU {record['cpu'] / (size / 1e9):.3f} s/GB  "
+                        + f" {kind:15s} CPU {record['cpu'] / (size / 1e9):.3f} s/GB  "
                         f"wall {record['seconds']:.3f} s "
                         f"({size / record['seconds'] / 1e6:.0f} MB/s)  "
                         f"peak RSS {record['maxrss_kib'] / 1024:.0f} MB"
@@ -449,7 +449,7 @@ def report(results: dict[str, list[dict[str, Any]]], size: int, leftovers: list[
         user = statistics.median(r["user"] / gb for r in records)
         system = statistics.median(r["system"] / gb for r in records)
         print(
-            f"  {kind:14s} CPU {_spread(cpu[kind], '.3f')} s/GB "
+            f"  {kind:15s} CPU {_spread(cpu[kind], '.3f')} s/GB "
             f"(user {user:.3f}, system {system:.3f})   wall {_spread(wall[kind], '.3f')} s"
         )
     cpu_ratio = [p / m for p, m in zip(cpu["peer"], cpu["marsconn"], strict=True)]
