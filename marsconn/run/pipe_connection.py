@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import mmap
 import os
-import select
 import socket
 import sys
 import threading
@@ -183,48 +181,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_StreamThreads.forget)
 
 
-#: The longest wait poll() takes, in milliseconds (a C int).
-_POLL_MAX_MS = 2**31 - 1
-
-
-def _pump(sock: socket.socket, sink: _Sink, stopped: list[bool], idle: float) -> bool:
-    """In a worker thread: feed ``sink`` from the socket; True when it is satisfied.
+def _pump(sock: socket.socket, sink: _Sink, stopped: list[bool]) -> bool:
+    """In a worker thread: feed ``sink`` from a blocking socket; True when it is satisfied.
 
     False at EOF, or when ``stopped[0]`` was set (the retrieval was cancelled:
-    the sink is not called again). A wait of more than ``idle`` seconds for
-    the next bytes raises TimeoutError; what the sink raises propagates.
-
-    The socket is non-blocking (it shares its open file with the event
-    loop's transport): each read is tried first and ``poll`` waits only
-    when nothing has arrived, which a server streaming faster than the
-    client is written to leaves for a minority of reads. A socket timeout
-    would ``poll`` before every read instead.
+    the sink is not called again). A read waiting longer than the socket's
+    timeout raises TimeoutError; what the sink raises propagates.
     """
     data = mmap.mmap(-1, STREAM_BUFFER)
     view = memoryview(data)
     recv_into = sock.recv_into
-    if not hasattr(select, "poll"):  # pragma: no cover - Windows: blocking reads with a timeout
-        sock.settimeout(idle)
-        while True:
-            count = recv_into(view)
-            if stopped[0] or not count:
-                return False
-            if sink(data, 0, count):
-                return True
-    sock.setblocking(False)
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    wait = poller.poll
-    wait_ms = min(math.ceil(idle * 1000), _POLL_MAX_MS)
     while True:
-        try:
-            count = recv_into(view)
-        except BlockingIOError:
-            if stopped[0]:
-                return False
-            if not wait(wait_ms):
-                raise TimeoutError(f"no bytes for {idle:g}s") from None
-            continue
+        count = recv_into(view)
         if stopped[0] or not count:
             return False
         if sink(data, 0, count):
@@ -512,9 +480,8 @@ class _Wire(asyncio.BufferedProtocol):
         stopped = [False]
         sock = socket.socket(fileno=os.dup(raw.fileno()))
         try:
-            future = asyncio.get_running_loop().run_in_executor(
-                pool, _pump, sock, sink, stopped, idle
-            )
+            sock.settimeout(idle)
+            future = asyncio.get_running_loop().run_in_executor(pool, _pump, sock, sink, stopped)
             try:
                 return await asyncio.shield(future)
             except asyncio.CancelledError:
