@@ -29,6 +29,7 @@ from .cli_output import (
     _plural,
     _problem_json,
 )
+from .core.audit import PlanResolved, get_logger
 from .core.errors import (
     ConfigError,
     MarsRequestError,
@@ -66,6 +67,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class _PlanAudit:
+    """The commands' audit logger for resolving the plan.
+
+    A command prints the plan's warnings itself (``marsconn: warning: ...``),
+    so ``marsconn.plan.resolved`` stays at info level here (shown with
+    ``-v``) rather than repeating them on stderr; every other event keeps
+    its level.
+    """
+
+    def __init__(self) -> None:
+        self._logger = get_logger()
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._logger.info(event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        if event == PlanResolved.EVENT:
+            self._logger.info(event, **kw)
+        else:
+            self._logger.warning(event, **kw)
+
+
 def _resolve(args: argparse.Namespace, *, strict: bool = False) -> ConnectionPlan:
     return resolve_plan(
         env=os.environ,
@@ -74,6 +97,7 @@ def _resolve(args: argparse.Namespace, *, strict: bool = False) -> ConnectionPla
         overrides=_overrides(args),
         server_version=args.assume_server_version,
         strict=strict,
+        logger=_PlanAudit(),
     )
 
 

@@ -161,7 +161,24 @@ def test_emit_calls_the_level_method_with_the_fields(name: str) -> None:
     record = sample(EVENTS[name])
     rec = Recorder()
     audit.emit(record, rec)
-    assert rec.calls == [(record.LEVEL, name, record.fields())]
+    assert rec.calls == [(record.level, name, record.fields())]
+
+
+def test_plan_resolved_is_a_warning_only_when_the_plan_has_warnings() -> None:
+    fields = {
+        "mode": "pipe",
+        "requested_mode": "pipe",
+        "reason": "shares_not_requested",
+        "server_version": None,
+        "required_version": "0.3.0",
+        "endpoint_count": 1,
+        "fingerprint": "sha256:0",
+        "sources": [],
+    }
+    quiet, warned = Recorder(), Recorder()
+    audit.emit(audit.PlanResolved(**fields), quiet)
+    audit.emit(audit.PlanResolved(**fields, warnings=["MARS_CONFIG_FILE: gone"]), warned)
+    assert [call[0] for call in quiet.calls + warned.calls] == ["info", "warning"]
 
 
 def test_emit_defaults_to_the_marsconn_structlog_logger() -> None:

@@ -1006,8 +1006,9 @@ def test_missing_config_file_is_a_plan_warning_and_in_the_audit_event(tmp_path: 
     assert plan.warnings == (warning,)
     assert plan.fingerprint == resolve(ONE).fingerprint  # the defaults apply
     assert f"warning: {warning}" in plan.explain().splitlines()
+    # At warning level: a filter or an alert on warnings sees the defaults being used.
     [(level, event, fields)] = log.events
-    assert (level, event, fields["warnings"]) == ("info", "marsconn.plan.resolved", [warning])
+    assert (level, event, fields["warnings"]) == ("warning", "marsconn.plan.resolved", [warning])
 
 
 def test_missing_config_file_is_a_problem_when_strict(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ class NullAuditLogger:
 
 @dataclass(frozen=True, slots=True)
 class PlanResolved(AuditEvent):
-    """A ConnectionPlan was resolved."""
+    """A ConnectionPlan was resolved (at warning level when the plan has warnings)."""
 
     EVENT: ClassVar[str] = "marsconn.plan.resolved"
     mode: str
@@ -70,6 +70,11 @@ class PlanResolved(AuditEvent):
     fingerprint: str
     sources: list[str]
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def level(self) -> str:
+        """``warning`` when the plan has warnings (an alert should see them), else ``info``."""
+        return "warning" if self.warnings else "info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +151,7 @@ def get_logger() -> Any:
 def emit(record: AuditEvent, logger: AuditLogger | None = None) -> None:
     """Send ``record`` to ``logger`` (default: :func:`get_logger`)."""
     target = logger if logger is not None else get_logger()
-    method: Callable[..., Any] = getattr(target, record.LEVEL)
+    method: Callable[..., Any] = getattr(target, record.level)
     method(record.EVENT, **record.fields())
 
 

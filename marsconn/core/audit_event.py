@@ -31,6 +31,11 @@ class AuditEvent:
     EVENT: ClassVar[str] = ""
     LEVEL: ClassVar[str] = "info"
 
+    @property
+    def level(self) -> str:
+        """The level this record is emitted at: :attr:`LEVEL` unless its content says more."""
+        return self.LEVEL
+
     def fields(self) -> dict[str, Any]:
         """The record's fields, as emitted."""
         return {name: getattr(self, name) for name in _field_names(type(self))}
