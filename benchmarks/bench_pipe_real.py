@@ -49,9 +49,11 @@ cheapest pass: interference only ever adds CPU.
 
 Prints every measurement, then per client the median and the spread (min -
 max) over the rounds of CPU per GB (with its user and system parts) and
-wall time, and the ratios with their per-round spread: peer/marsconn client
-CPU (target >= 1.1), marsconn/peer speed (target >= 0.95), marsconn/limit
-CPU (target <= 1.10). Nothing is asserted.
+wall time, and the median CPU of a 1 KiB job (five of them after the
+warm-up, in each child: what a job costs apart from its data); then the
+ratios with their per-round spread: peer/marsconn client CPU (target >=
+1.1), marsconn/peer speed (target >= 0.95), marsconn/limit CPU (target <=
+1.10). Nothing is asserted.
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_pipe_real.py [--pairs 12] [--size 300MB]
@@ -85,6 +87,8 @@ BEFORE = "before"
 #: With --variants: the limit loop with one thing changed (_pipeloop.VARIANTS), e.g. limit:splice.
 VARIANT = "limit:"
 WARM_UP_SIZE = 1024
+#: 1 KiB retrievals after the warm-up, for each client's CPU per job apart from its data.
+SMALL_JOBS = 5
 
 
 def parse_size(text: str) -> int:
@@ -199,7 +203,15 @@ def client_main(kind: str, url: str, target: str, size: int, seed: int, pin: boo
     warm = target + ".warm-up"
     with contextlib.redirect_stdout(io.StringIO()):
         retrieve(job(WARM_UP_SIZE, seed), environ(str(uuid.uuid4())), warm)
+        # The cost of a job apart from its data: a few more 1 KiB retrievals.
+        small = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(SMALL_JOBS):
+            retrieve(job(WARM_UP_SIZE, seed), environ(str(uuid.uuid4())), warm)
+        after_small = resource.getrusage(resource.RUSAGE_SELF)
     os.unlink(warm)
+    per_job = (
+        after_small.ru_utime + after_small.ru_stime - small.ru_utime - small.ru_stime
+    ) / SMALL_JOBS
     _touch_memory(int(size * 1.1))
     request, env = job(size, seed), environ(str(uuid.uuid4()))
     busy = _cpu_busy(0) if pin else 0.0
@@ -222,6 +234,7 @@ def client_main(kind: str, url: str, target: str, size: int, seed: int, pin: boo
                 "user": user,
                 "system": system,
                 "others": others,
+                "per_job": per_job,
                 "maxrss_kib": usage.ru_maxrss,
             }
         )
@@ -448,9 +461,11 @@ def report(results: dict[str, list[dict[str, Any]]], size: int, leftovers: list[
     for kind, records in results.items():
         user = statistics.median(r["user"] / gb for r in records)
         system = statistics.median(r["system"] / gb for r in records)
+        per_job = statistics.median(r["per_job"] * 1000 for r in records)
         print(
             f"  {kind:15s} CPU {_spread(cpu[kind], '.3f')} s/GB "
-            f"(user {user:.3f}, system {system:.3f})   wall {_spread(wall[kind], '.3f')} s"
+            f"(user {user:.3f}, system {system:.3f})   wall {_spread(wall[kind], '.3f')} s   "
+            f"CPU per 1 KiB job {per_job:.2f} ms"
         )
     cpu_ratio = [p / m for p, m in zip(cpu["peer"], cpu["marsconn"], strict=True)]
     speed_ratio = [p / m for p, m in zip(wall["peer"], wall["marsconn"], strict=True)]
