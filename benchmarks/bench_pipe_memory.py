@@ -40,7 +40,6 @@ import gc
 import hashlib
 import io
 import json
-import mmap
 import os
 import resource
 import shutil
@@ -53,6 +52,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _measure import cpu_busy, file_sha256, marsconn_parts, parse_size, touch_memory
+
 HERE = Path(__file__).resolve().parent
 RSS_TARGET_MB = 300.0
 # What may stay after the jobs: the process-wide pools (fsync threads, their
@@ -63,16 +64,6 @@ SMALL = 1024
 CHUNK = 64 * 1024
 
 
-def parse_size(text: str) -> int:
-    """``1GiB`` (2^30), ``300MB`` (10^6), ``64KiB`` or a plain number of bytes."""
-    raw = text.strip().lower()
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-    for suffix, factor in units.items():
-        if raw.endswith(suffix):
-            return int(float(raw[: -len(suffix)]) * factor)
-    return int(raw.removesuffix("b"))
-
-
 def environ() -> dict[str, str]:
     return {
         "request_id": str(uuid.uuid4()),
@@ -81,21 +72,6 @@ def environ() -> dict[str, str]:
         "host": "bench-1",
         "username": "bench:000000000001",
     }
-
-
-def marsconn_parts() -> tuple[Any, Any]:
-    """NullAuditLogger and ServerHealth, wherever this marsconn keeps them.
-
-    With ``--marsconn-src`` an earlier commit may be measured, from before the
-    modules moved into sub-packages.
-    """
-    try:
-        from marsconn.core.audit import NullAuditLogger
-        from marsconn.run.health import ServerHealth
-    except ImportError:
-        from marsconn.audit import NullAuditLogger  # type: ignore[no-redef]
-        from marsconn.health import ServerHealth  # type: ignore[no-redef]
-    return NullAuditLogger, ServerHealth
 
 
 # --- the server process -----------------------------------------------------------------------
@@ -204,23 +180,6 @@ def client_many(port: int, jobs: int, workdir: Path) -> dict[str, Any]:
     return {"before": before, "peak": peak, "after": after, "seconds": seconds, "cpu": cpu}
 
 
-def _touch_memory(size: int) -> None:
-    area = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        area[offset] = 1
-    area.close()
-
-
-def _cpu_busy(cpu: int) -> float:
-    """Seconds CPU ``cpu`` has been busy since boot (/proc/stat, in clock ticks)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{cpu} "):
-                values = [int(v) for v in line.split()[1:]]
-                return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
 def client_big(kind: str, port: int, size: int, target: Path, pin: bool) -> dict[str, Any]:
     if kind == "marsconn":
         plan = _plan(port)
@@ -242,12 +201,12 @@ def client_big(kind: str, port: int, size: int, target: Path, pin: bool) -> dict
         def run() -> None:
             limit_retrieve("127.0.0.1", port, {"size": "big"}, environ(), str(target))
 
-    _touch_memory(int(size * 1.1))
+    touch_memory(int(size * 1.1))
     gc.collect()
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    busy = _cpu_busy(0) if pin else 0.0
+    busy = cpu_busy(0) if pin else 0.0
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     run()
@@ -259,7 +218,7 @@ def client_big(kind: str, port: int, size: int, target: Path, pin: bool) -> dict
         "seconds": seconds,
         "cpu": cpu,
         # Pinned, this client is alone on CPU 0 unless something else ran there.
-        "others": max(0.0, _cpu_busy(0) - busy - cpu) if pin else 0.0,
+        "others": max(0.0, cpu_busy(0) - busy - cpu) if pin else 0.0,
         "before": before,
         "peak": _status_kib("VmHWM"),
     }
@@ -286,14 +245,6 @@ def _client(
         raise SystemExit(f"{kind} client failed:\n{done.stdout}\n{done.stderr}")
     record: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _many(args: argparse.Namespace, kind: str, work: Path) -> None:
@@ -387,7 +338,7 @@ def main() -> None:
                 target = work / f"{kind}.grib"
                 for attempt in range(4):
                     rec = _client(args, kind, target)
-                    if target.stat().st_size != args.size_bytes or _sha256(target) != want_big:
+                    if target.stat().st_size != args.size_bytes or file_sha256(target) != want_big:
                         raise SystemExit(f"{kind}: the output is wrong")
                     target.unlink()
                     # Other processes on the client's CPU: measured again, at most 3 times.

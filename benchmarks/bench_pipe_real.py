@@ -66,7 +66,6 @@ import contextlib
 import hashlib
 import io
 import json
-import mmap
 import os
 import resource
 import shutil
@@ -79,6 +78,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _measure import cpu_busy, file_sha256, marsconn_parts, parse_size, touch_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 KINDS = ("peer", "marsconn", "limit")
@@ -89,16 +90,6 @@ VARIANT = "limit:"
 WARM_UP_SIZE = 1024
 #: 1 KiB retrievals after the warm-up, for each client's CPU per job apart from its data.
 SMALL_JOBS = 5
-
-
-def parse_size(text: str) -> int:
-    """``300MB`` (10^6), ``1GiB`` (2^30), ``64KiB`` or a plain number of bytes."""
-    raw = text.strip().lower()
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-    for suffix, factor in units.items():
-        if raw.endswith(suffix):
-            return int(float(raw[: -len(suffix)]) * factor)
-    return int(raw.removesuffix("b"))
 
 
 def environ(request_id: str) -> dict[str, str]:
@@ -115,30 +106,7 @@ def job(size: int, seed: int) -> dict[str, str]:
     return {"param": "2t", "fakesize": str(size), "fakeseed": str(seed), "fakelines": "3"}
 
 
-def marsconn_parts() -> tuple[Any, Any]:
-    """NullAuditLogger and ServerHealth, wherever this marsconn keeps them.
-
-    With ``--marsconn-src`` an earlier commit may be measured, from before the
-    modules moved into sub-packages.
-    """
-    try:
-        from marsconn.core.audit import NullAuditLogger
-        from marsconn.run.health import ServerHealth
-    except ImportError:
-        from marsconn.audit import NullAuditLogger  # type: ignore[no-redef]
-        from marsconn.health import ServerHealth  # type: ignore[no-redef]
-    return NullAuditLogger, ServerHealth
-
-
 # --- the client processes ---------------------------------------------------------------------
-
-
-def _touch_memory(size: int) -> None:
-    """Touch and free ``size`` bytes, so that the output file's pages are host-backed."""
-    area = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        area[offset] = 1
-    area.close()
 
 
 def _runner(kind: str, url: str) -> Any:
@@ -186,16 +154,6 @@ def _runner(kind: str, url: str) -> Any:
     raise SystemExit(f"unknown client {kind!r}")
 
 
-def _cpu_busy(cpu: int) -> float:
-    """Seconds CPU ``cpu`` has been busy since boot (/proc/stat, in clock ticks)."""
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith(f"cpu{cpu} "):
-                values = [int(v) for v in line.split()[1:]]
-                return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
 def client_main(kind: str, url: str, target: str, size: int, seed: int, pin: bool) -> None:
     if pin:
         os.sched_setaffinity(0, {0})
@@ -212,9 +170,9 @@ def client_main(kind: str, url: str, target: str, size: int, seed: int, pin: boo
     per_job = (
         after_small.ru_utime + after_small.ru_stime - small.ru_utime - small.ru_stime
     ) / SMALL_JOBS
-    _touch_memory(int(size * 1.1))
+    touch_memory(int(size * 1.1))
     request, env = job(size, seed), environ(str(uuid.uuid4()))
-    busy = _cpu_busy(0) if pin else 0.0
+    busy = cpu_busy(0) if pin else 0.0
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     retrieve(request, env, target)
@@ -224,7 +182,7 @@ def client_main(kind: str, url: str, target: str, size: int, seed: int, pin: boo
     system = usage.ru_stime - before.ru_stime
     cpu = user + system
     # Pinned, this client is alone on CPU 0 unless something else ran there.
-    others = max(0.0, _cpu_busy(0) - busy - cpu) if pin else 0.0
+    others = max(0.0, cpu_busy(0) - busy - cpu) if pin else 0.0
     print(
         json.dumps(
             {
@@ -272,14 +230,6 @@ def expected_sha256(size: int, seed: int) -> str:
     digest = hashlib.sha256()
     for piece in iter_data(size, seed, 1 << 20):
         digest.update(piece)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
     return digest.hexdigest()
 
 
